@@ -1,0 +1,36 @@
+"""efficientdet_tf: EfficientDet for TensorFlow 2 / Keras 3."""
+from importlib import metadata
+
+from setuptools import find_packages, setup
+
+
+def _tensorflow_requirement() -> str:
+    """Keep a GPU ``tensorflow`` the user already has; otherwise take the
+    smaller CPU wheel (installing both would shadow one with the other)."""
+    try:
+        metadata.version("tensorflow")
+        return "tensorflow>=2.21,<2.22"
+    except metadata.PackageNotFoundError:
+        return "tensorflow-cpu>=2.21,<2.22"
+
+
+setup(
+    name="efficientdet_tf",
+    version="0.1.0",
+    description="EfficientDet (TF2 / Keras 3) faithful to the official checkpoints",
+    packages=find_packages(include=["efficientdet_tf", "efficientdet_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        _tensorflow_requirement(),
+        "keras>=3.5",
+        "numpy",
+        "absl-py",
+        "pyyaml",
+        "pillow",
+        "pycocotools",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout"],
+        "export": ["tf2onnx", "onnxruntime", "ai-edge-litert"],
+    },
+)
