@@ -33,3 +33,19 @@ def fixtures_dir() -> pathlib.Path:
             pytest.fail(message)
         pytest.skip(message)
     return root
+
+
+_TINY_MODELS: dict = {}
+
+
+def tiny_official_model(name: str):
+    """The named preset with 90 classes at the smallest valid image size,
+    built once per test session: parameter counts and variable names do not
+    depend on the image size, and the large presets take seconds to build."""
+    if name not in _TINY_MODELS:
+        from efficientdet_tf.config import get_config
+        from efficientdet_tf.model import build_model
+        config = get_config(name)
+        _TINY_MODELS[name] = build_model(
+            config.override({"image_size": 2 ** config.max_level}))
+    return _TINY_MODELS[name]
