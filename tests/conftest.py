@@ -49,3 +49,14 @@ def tiny_official_model(name: str):
         _TINY_MODELS[name] = build_model(
             config.override({"image_size": 2 ** config.max_level}))
     return _TINY_MODELS[name]
+
+
+def tiny_config(**overrides):
+    """A two-level config small enough to count anchors by hand: 16x32 image,
+    levels 3-4, 2 scales x 2 ratios, anchor_scale 2, 3 classes."""
+    from efficientdet_tf.config import get_config
+    values = {"image_size": [16, 32], "min_level": 3, "max_level": 4,
+              "num_scales": 2, "aspect_ratios": [1.0, [1.4, 0.7]],
+              "anchor_scale": 2.0, "num_classes": 3}
+    values.update(overrides)
+    return get_config("efficientdet-d0", values)
