@@ -1,0 +1,56 @@
+"""Convert Pascal VOC or LabelImg XML annotations to sharded TFRecords.
+
+  # VOC devkit: VOCdevkit/VOC2007/ImageSets/Main/trainval.txt, Annotations/, JPEGImages/
+  python dataset/create_pascal_tfrecord.py --data_dir=VOCdevkit --year=VOC2007 \\
+      --set=trainval --output_path=tfrecord/pascal --num_shards=4
+  # a folder of LabelImg XML files (images beside them, or in --image_dir)
+  python dataset/create_pascal_tfrecord.py --annotations_dir=labels \\
+      --image_dir=images --output_path=tfrecord/train
+
+Writes {output_path}-00000-of-0000N.tfrecord (automl's keys, with difficult,
+truncated and view), {output_path}.json (COCO ground truth for evaluation:
+image ids = the records' source_id, category ids = label ids) and, when the
+label map is derived from the data, {output_path}.label_map.yaml. Boxes past
+the image edge are clipped, zero-area/inverted boxes skipped, unreadable
+images skipped, other formats re-encoded as RGB JPEG, EXIF rotation applied;
+the summary counts each. A class missing from the label map is an error
+naming the file and the object.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from efficientdet_tf.data import cli  # noqa: E402
+
+PROG = "create_pascal_tfrecord.py"
+
+
+def build_parser() -> cli.Parser:
+    parser = cli.Parser(__doc__, prog=PROG)
+    parser.add_argument("--output_path", required=True,
+                        help="path prefix of the shards, e.g. tfrecord/pascal")
+    parser.add_argument("--output_json_path", default=None,
+                        help="where to write the COCO ground truth (default "
+                        "{output_path}.json)")
+    cli.add_voc_flags(parser)
+    cli.add_output_flags(parser)
+    cli.add_policy_flags(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = build_parser()
+    flags = parser.parse_args(argv)
+    source = cli.voc_source_from(flags, parser)
+    from efficientdet_tf.data.voc import convert_pascal
+    return convert_pascal(source, flags.output_path, flags.num_shards,
+                          flags.label_map_json_path, cli.options_from(flags),
+                          flags.num_threads, flags.output_json_path).summary()
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, prog=PROG))
