@@ -110,7 +110,7 @@ AUTOML_ONLY_KEYS = frozenset({
     "save_freq", "sample_image", "map_freq", "img_summary_steps", "dataset_type",
     "seg_num_classes", "heads", "positives_momentum", "ckpt_var_scope",
     "model_optimizations", "autoaugment_policy", "grid_mask", "scale_range",
-    "target_size", "loss_scale", "use_tpu", "precision",
+    "target_size", "loss_scale", "use_tpu", "precision", "nms_configs.pyfunc",
 })
 
 _LITE_COMMON = {
@@ -345,9 +345,9 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any], prefix: str) -> None
         key = str(key)
         full = prefix + key
         if key not in base:
-            if not prefix and key in AUTOML_ONLY_KEYS:
+            if full in AUTOML_ONLY_KEYS:
                 _LOG.warning("hparam %r is an automl setting with no effect "
-                             "in efficientdet_tf; ignored", key)
+                             "in efficientdet_tf; ignored", full)
                 continue
             raise ConfigError(_unknown_key_message(full, base, prefix))
         if (isinstance(base[key], dict) and isinstance(value, dict)

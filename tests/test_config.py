@@ -60,6 +60,10 @@ def test_automl_only_key_is_accepted_with_warning(caplog):
         config = get_config("efficientdet-d0", "use_keras_model=false")
     assert "use_keras_model" in caplog.text
     assert "use_keras_model" not in config
+    with caplog.at_level(logging.WARNING):
+        config = get_config("efficientdet-d0", "nms_configs.pyfunc=false")
+    assert "nms_configs.pyfunc" in caplog.text
+    assert "pyfunc" not in config.nms_configs
 
 
 def test_string_overrides_parse_types_and_nesting():
