@@ -24,9 +24,34 @@ def activation(act_type: str) -> Callable[[tf.Tensor], tf.Tensor]:
                          f"known: {', '.join(_ACTIVATIONS)}") from None
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras batch norm whose inference pass runs TF's fused op.
+
+    Keras 3 computes inference batch norm as ``x * scale + shift`` (two
+    elementwise passes over the tensor). TF's ``FusedBatchNormV3`` gives the
+    same values (to float rounding), and grappler's remapper folds it into a
+    preceding bias-free convolution, which makes EfficientDet ~10 % faster on
+    CPU.
+    Training, masks and float16/bfloat16 inputs keep the Keras path.
+    """
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None,
+             mask: tf.Tensor | None = None) -> tf.Tensor:
+        if ((training and self.trainable) or mask is not None
+                or len(inputs.shape) != 4 or inputs.dtype != tf.float32
+                or self.axis not in (-1, 3) or not (self.center and self.scale)):
+            return super().call(inputs, training=training, mask=mask)
+        outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            inputs, self.gamma, self.beta, mean=self.moving_mean,
+            variance=self.moving_variance, epsilon=self.epsilon,
+            is_training=False)
+        return outputs
+
+
 def batch_norm(name: str, momentum: float, epsilon: float) -> keras.layers.Layer:
     """A channels-last batch norm with the official momentum/epsilon."""
-    return keras.layers.BatchNormalization(
+    return FusedBatchNormalization(
         axis=-1, momentum=momentum, epsilon=epsilon, name=name)
 
 
