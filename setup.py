@@ -30,7 +30,13 @@ setup(
         "pycocotools",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout"],
+        # tf2onnx/onnxruntime so CI runs the ONNX export tests (they skip
+        # without them). tensorflow-serving-api (TF Serving request protos,
+        # tests/test_export.py) is NOT listed: it requires `tensorflow`, which
+        # pip would install beside tensorflow-cpu; install it with
+        # `pip install --no-deps tensorflow-serving-api` (its test skips
+        # without it).
+        "test": ["pytest>=7", "pytest-timeout", "tf2onnx", "onnxruntime"],
         "export": ["tf2onnx", "onnxruntime", "ai-edge-litert"],
     },
 )
