@@ -105,7 +105,7 @@ class _Source:
     ignored: list[str]
 
 
-def _all_layers(model: keras.Layer) -> list[keras.Layer]:
+def all_layers(model: keras.Layer) -> list[keras.Layer]:
     """``model`` and every nested layer (Keras 3 has no public walk)."""
     return list(model._flatten_layers(include_self=True, recursive=True))
 
@@ -117,7 +117,7 @@ def official_variable_map(model: keras.Layer) -> dict[str, keras.Variable]:
     variable path, except for the weights ``_OFFICIAL_WEIGHT_NAMES`` renames.
     """
     renamed: dict[int, str] = {}
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         for cls, table in _OFFICIAL_WEIGHT_NAMES.items():
             if isinstance(layer, cls):
                 for attr, official in table.items():
@@ -209,7 +209,7 @@ def _native_source(reader: Any, keys: Mapping[str, Any]) -> _Source:
 
 
 def _backbone_scope(model: keras.Layer) -> str | None:
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, EfficientNet):
             return layer.name
     return None
@@ -318,7 +318,8 @@ def load_weights(model: keras.Layer, path: str | os.PathLike, *,
 
 def save_native(model: keras.Layer, path: str | os.PathLike, *,
                 ema: Mapping[str, keras.Variable] | None = None,
-                extras: Mapping[str, Any] | None = None) -> str:
+                extras: Mapping[str, Any] | None = None,
+                max_to_keep: int | None = None) -> str:
     """Writes the next ``ckpt-N`` native checkpoint into directory ``path``
     and returns its prefix.
 
@@ -328,7 +329,14 @@ def save_native(model: keras.Layer, path: str | os.PathLike, *,
     a temporary directory, moved in data-first/index-last, and only then named
     in the ``checkpoint`` state file (replaced atomically), so a process killed
     at any point leaves the previous checkpoint as the one that loads.
+
+    ``max_to_keep`` keeps only the newest that many checkpoints: the state
+    file drops the older ones first, then their files (and any ``ckpt-N``
+    files the state file does not name, e.g. left by a killed run) are
+    deleted, index first, so no half-deleted checkpoint ever looks loadable.
     """
+    if max_to_keep is not None and max_to_keep < 1:
+        raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
     directory = os.fspath(path)
     roots = dict(extras or {})
     if {NATIVE_MODEL_KEY, NATIVE_EMA_KEY} & set(roots):
@@ -348,10 +356,12 @@ def save_native(model: keras.Layer, path: str | os.PathLike, *,
         for src in sorted(files, key=lambda f: f.endswith(".index")):
             target = os.path.join(directory, os.path.basename(src))
             tf.io.gfile.rename(src, target, overwrite=True)
-        _write_state_file(directory, name)
+        kept = _write_state_file(directory, name, max_to_keep)
     finally:
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
+    if max_to_keep is not None:
+        _delete_checkpoints_except(directory, kept)
     prefix = os.path.join(directory, name)
     _LOG.info("saved native checkpoint %s", prefix)
     return prefix
@@ -364,20 +374,33 @@ def _next_number(directory: str) -> int:
     return max(numbers, default=0) + 1
 
 
-def _write_state_file(directory: str, name: str) -> None:
+def _write_state_file(directory: str, name: str,
+                      max_to_keep: int | None = None) -> list[str]:
     """Points the ``checkpoint`` state file at ``name`` (relative, so the
-    directory can be moved), keeping the earlier entries that still exist."""
+    directory can be moved), keeping the earlier entries that still exist
+    (the newest ``max_to_keep`` in all); returns the names it lists."""
     state = tf.train.get_checkpoint_state(directory)
-    kept = [p for p in (state.all_model_checkpoint_paths if state else [])
-            if tf.io.gfile.exists(p + ".index")]
+    kept = [os.path.basename(p)
+            for p in (state.all_model_checkpoint_paths if state else [])
+            if tf.io.gfile.exists(p + ".index") and os.path.basename(p) != name]
+    names = [*kept, name][-max_to_keep if max_to_keep else 0:]
     lines = [f'model_checkpoint_path: "{name}"'] + [
-        f'all_model_checkpoint_paths: "{os.path.basename(p)}"'
-        for p in [*kept, name]]
+        f'all_model_checkpoint_paths: "{n}"' for n in names]
     target = os.path.join(directory, _STATE_FILE)
     temp = f"{target}.tmp-{os.getpid()}"
     with tf.io.gfile.GFile(temp, "w") as f:
         f.write("\n".join(lines) + "\n")
     tf.io.gfile.rename(temp, target, overwrite=True)
+    return names
+
+
+def _delete_checkpoints_except(directory: str, kept: list[str]) -> None:
+    pattern = re.compile(r"^(ckpt-\d+)\.(index|data-\d+-of-\d+)$")
+    doomed = sorted((f for f in tf.io.gfile.listdir(directory)
+                     if (m := pattern.match(f)) and m.group(1) not in kept),
+                    key=lambda f: not f.endswith(".index"))
+    for filename in doomed:
+        tf.io.gfile.remove(os.path.join(directory, filename))
 
 
 def convert_checkpoint(model_name: str, ckpt_path: str | os.PathLike,

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from efficientdet_tf.config import Config
+from efficientdet_tf.checkpoint import all_layers
+from efficientdet_tf.config import Config, ConfigError
 
 REFERENCE_BATCH = 64  # the global batch automl's learning_rate is tuned for
 
@@ -132,3 +133,27 @@ def trainable_after_freeze(variables: Sequence[keras.Variable],
         return list(variables)
     pattern = re.compile(var_freeze_expr)
     return [v for v in variables if not pattern.search(v.path)]
+
+
+def freeze_variables(model: keras.Model, var_freeze_expr: str | None
+                     ) -> list[keras.Variable]:
+    """The variables to train (:func:`trainable_after_freeze`), and every
+    batch norm all of whose weights match ``var_freeze_expr`` set
+    ``trainable = False``: Keras 3 then normalises with its moving
+    statistics and never updates them, so frozen layers stay bit-identical
+    (automl keeps updating the statistics of frozen layers)."""
+    if var_freeze_expr:
+        try:
+            pattern = re.compile(var_freeze_expr)
+        except re.error as err:
+            raise ConfigError(f"var_freeze_expr {var_freeze_expr!r} is not "
+                              f"a regular expression ({err})") from None
+        for layer in all_layers(model):
+            if (isinstance(layer, keras.layers.BatchNormalization) and layer.weights
+                    and all(pattern.search(w.path) for w in layer.weights)):
+                layer.trainable = False
+    trainable = trainable_after_freeze(model.trainable_variables, var_freeze_expr)
+    if not trainable:
+        raise ConfigError(f"var_freeze_expr {var_freeze_expr!r} freezes "
+                          "every variable; nothing would train")
+    return trainable

@@ -1,0 +1,210 @@
+"""Train and evaluate EfficientDet (automl's main.py flags).
+
+  python main.py --mode=train --model_name=efficientdet-d0 \\
+      --training_file_pattern='tfrecord/train-*.tfrecord' \\
+      --model_dir=/tmp/d0 --train_batch_size=8 --num_epochs=20 \\
+      --hparams='num_classes=3,image_size=256' --ckpt=efficientdet-d0/
+
+  python main.py --mode=eval --model_dir=/tmp/d0 --hparams=/tmp/d0/config.yaml \\
+      --validation_file_pattern='tfrecord/val-*.tfrecord' --eval_timeout=600
+
+Rerunning a killed training command resumes from the newest checkpoint in
+--model_dir (weights, EMA, optimizer state and step). The config is
+defaults -> --model_name preset -> --hparams -> explicit flags
+(--num_epochs); it is written to model_dir/config.yaml, and a model_dir
+holding a different network is refused. Errors exit with status 1 and one
+line on stderr (2 for flag errors).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import NoReturn, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROG = "main.py"
+MODES = ("train", "eval", "train_and_eval")  # runner.MODES, without importing TF
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _boolean(text: str) -> bool:
+    """absl-style booleans, so automl command lines (--flag=True) work."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__, allow_abbrev=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    flag = p.add_argument
+    flag("--mode", choices=MODES, default="train",
+         help="train: train to the end; eval: evaluate the newest checkpoint "
+         "of --model_dir (with --eval_timeout, each new one as it appears); "
+         "train_and_eval: alternate one epoch of training and one evaluation "
+         "(default %(default)s)")
+    flag("--training_file_pattern", "--train_file_pattern",
+         dest="training_file_pattern",
+         help="training TFRecords: a glob (quote it) or several joined by "
+         "commas; needed by train and train_and_eval")
+    flag("--validation_file_pattern", "--val_file_pattern",
+         dest="validation_file_pattern",
+         help="validation TFRecords; needed by eval, train_and_eval and "
+         "--eval_after_train")
+    flag("--val_json_file", help="COCO ground-truth JSON of the validation "
+         "records (default: ground truth read from the records)")
+    flag("--model_name", default="efficientdet-d0",
+         help="model preset: efficientdet-d0..d7x or efficientdet-lite0..4 "
+         "(default %(default)s)")
+    flag("--model_dir", required=True,
+         help="directory of the run: config.yaml, checkpoints (ckpt-N), "
+         "best/ (best eval AP), train/ and eval/ TensorBoard summaries")
+    flag("--ckpt", help="initial weights when --model_dir has no checkpoint "
+         "yet: an official automl checkpoint (its EMA weights), a "
+         "backbone-only one, or a native one (directory or prefix); variables "
+         "whose shape differs (another num_classes) keep their initial values "
+         "and are listed")
+    flag("--hparams", default="",
+         help="config overrides: a YAML file or 'a=1,b.c=2' with automl's "
+         "keys, e.g. 'num_classes=3,learning_rate=0.02'; also useful: "
+         "var_freeze_expr (regex of variables to freeze), moving_average_decay "
+         "(0: no EMA), mixed_precision, optimizer (sgd, adam, adamw); "
+         "image_size strings are automl's WIDTHxHEIGHT ('640x384' is 640 wide)")
+    flag("--train_batch_size", type=_positive, default=64,
+         help="global training batch, split across replicas; the learning "
+         "rate is scaled by it / 64 (default %(default)s)")
+    flag("--eval_batch_size", type=_positive, default=8,
+         help="evaluation batch (default %(default)s)")
+    flag("--num_examples_per_epoch", type=_positive,
+         help="images per epoch (default: count the training records, which "
+         "reads every file once)")
+    flag("--num_epochs", type=_positive,
+         help="training epochs (default: the config's num_epochs)")
+    flag("--strategy", choices=STRATEGIES, default="default",
+         help="default/one_device: one GPU or the CPU; mirrored: every local "
+         "GPU; multi_worker: every worker in TF_CONFIG; tpu: the TPU given "
+         "by --tpu (default %(default)s)")
+    flag("--tpu", help="TPU name or grpc:// address for --strategy=tpu "
+         "('local' on a TPU VM)")
+    flag("--eval_after_train", "--eval_after_training", dest="eval_after_train",
+         type=_boolean, nargs="?", const=True, default=False,
+         help="in train mode, evaluate once after the last step")
+    flag("--eval_samples", type=_positive,
+         help="evaluate at most this many validation images (default: all)")
+    flag("--eval_timeout", type=float,
+         help="eval mode: keep evaluating new checkpoints, stopping when none "
+         "arrived for this many seconds or the run's last step was "
+         "evaluated (default: evaluate the newest checkpoint once)")
+    flag("--save_checkpoints_steps", type=_positive, default=100,
+         help="save a checkpoint every this many steps; one is also saved at "
+         "each epoch end and at the last step (default %(default)s)")
+    flag("--keep_checkpoint_max", type=_positive, default=5,
+         help="newest checkpoints kept in --model_dir; best/ is kept apart "
+         "(default %(default)s)")
+    flag("--seed", type=int, help="random seed for initialisation, data "
+         "order and augmentation (default: random)")
+    flag("--deterministic", type=_boolean, nargs="?", const=True, default=False,
+         help="deterministic kernels and input order (seed 0 unless --seed); "
+         "checkpoints then also hold the input position, so a resumed run "
+         "repeats exactly what an uninterrupted one does; slower")
+    flag("--log_every_steps", type=_positive, default=10,
+         help="without a terminal, print a progress line (and write "
+         "TensorBoard scalars) every this many steps (default %(default)s)")
+    return p
+
+
+def _check_flags(parser: argparse.ArgumentParser, flags: argparse.Namespace) -> None:
+    needed = {"train": ["training_file_pattern"],
+              "eval": ["validation_file_pattern"],
+              "train_and_eval": ["training_file_pattern", "validation_file_pattern"]}
+    asked = f"--mode={flags.mode}"
+    if flags.mode == "train" and flags.eval_after_train:
+        needed["train"].append("validation_file_pattern")
+        asked += " --eval_after_train"
+    missing = [n for n in needed[flags.mode] if not getattr(flags, n)]
+    if missing:
+        parser.error(f"{asked} needs {', '.join('--' + n for n in missing)}")
+    if flags.strategy == "tpu" and not flags.tpu:
+        parser.error("--strategy=tpu needs --tpu")
+
+
+def _run(flags: argparse.Namespace) -> None:
+    from efficientdet_tf import runner
+    from efficientdet_tf.strategy import make_strategy
+    from efficientdet_tf.train import TrainOptions
+
+    config = runner.resolve_config(flags.model_name, flags.hparams,
+                                   {"num_epochs": flags.num_epochs})
+    eval_options = None
+    if flags.validation_file_pattern:
+        eval_options = runner.EvalOptions(
+            flags.validation_file_pattern, flags.val_json_file,
+            flags.eval_batch_size, flags.eval_samples, flags.eval_timeout)
+    if flags.mode == "eval":
+        runner.run_eval(config, flags.model_dir, eval_options)
+        return
+    options = TrainOptions(
+        model_dir=flags.model_dir, training_file_pattern=flags.training_file_pattern,
+        train_batch_size=flags.train_batch_size,
+        num_examples_per_epoch=flags.num_examples_per_epoch, ckpt=flags.ckpt,
+        save_checkpoints_steps=flags.save_checkpoints_steps,
+        keep_checkpoint_max=flags.keep_checkpoint_max, seed=flags.seed,
+        deterministic=flags.deterministic, log_every_steps=flags.log_every_steps)
+    strategy = make_strategy(flags.strategy, flags.tpu)
+    if flags.mode == "train":
+        runner.run_train(config, options, strategy,
+                         eval_options if flags.eval_after_train else None)
+    else:
+        runner.run_train_and_eval(config, options, eval_options, strategy)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    flags = parser.parse_args(argv)
+    _check_flags(parser, flags)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # Imported only now so that --help and flag errors stay instant.
+    import tensorflow as tf
+
+    from efficientdet_tf.runner import RunError
+    from efficientdet_tf.train import TrainingError
+    try:
+        _run(flags)
+    # ValueError covers the library's value checks: ConfigError,
+    # CheckpointError, ModelDirError, StrategyError and e.g. an unknown
+    # optimizer or lr_decay_method.
+    except (ValueError, TrainingError, RunError, OSError) as err:
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except tf.errors.OpError as err:
+        print(f"{PROG}: error: {err.message.splitlines()[0]}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; rerun the same command to resume from the "
+              f"newest checkpoint in {flags.model_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
