@@ -29,6 +29,7 @@ from PIL import Image
 
 from efficientdet_tf.export import (OUTPUT_KEYS, SERVING_BYTES,
                                     ServingGraph, read_metadata)
+from efficientdet_tf.profiling import Latency
 from efficientdet_tf.visualize import class_name, draw_detections
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -301,30 +302,8 @@ def coco_results(results: Iterable[ImageDetections]) -> list[dict[str, Any]]:
     return rows
 
 
-@dataclasses.dataclass(frozen=True)
-class LatencyStats:
-    """Wall-clock times of timed calls, one batch each."""
-    batch_size: int
-    batch_ms: tuple[float, ...]
-
-    @property
-    def median_ms(self) -> float:
-        """Median milliseconds per image."""
-        return float(np.median(self.batch_ms)) / self.batch_size
-
-    @property
-    def p90_ms(self) -> float:
-        """90th-percentile milliseconds per image."""
-        return float(np.percentile(self.batch_ms, 90)) / self.batch_size
-
-    def text(self) -> str:
-        return (f"batch {self.batch_size}, {len(self.batch_ms)} runs: median "
-                f"{self.median_ms:.1f} ms/image, p90 {self.p90_ms:.1f} "
-                f"ms/image, {1000.0 / self.median_ms:.2f} images/s")
-
-
 def time_calls(call: Callable[[], Any], batch_size: int, runs: int = 50,
-               warmup: int = 5) -> LatencyStats:
+               warmup: int = 5) -> Latency:
     """Times ``call`` (which must return host values, e.g. ``.numpy()``, so
     the clock stops after the work) ``runs`` times after ``warmup`` calls
     (tracing, oneDNN primitive caches)."""
@@ -338,12 +317,12 @@ def time_calls(call: Callable[[], Any], batch_size: int, runs: int = 50,
         start = time.perf_counter()
         call()
         times.append(1000.0 * (time.perf_counter() - start))
-    return LatencyStats(batch_size, tuple(times))
+    return Latency(batch_size, tuple(times))
 
 
 def benchmark_serving(function: Callable[..., dict[str, tf.Tensor]],
                       image_size: tuple[int, int], batch_size: int = 1,
-                      runs: int = 50, warmup: int = 5) -> LatencyStats:
+                      runs: int = 50, warmup: int = 5) -> Latency:
     """End-to-end latency (pre-processing, network, NMS) of a
     ``serving_default`` function on one fixed random uint8 batch."""
     images = tf.constant(np.random.default_rng(0).integers(

@@ -85,6 +85,11 @@ class Latency:
         """Throughput at the median batch time."""
         return 1000.0 / self.median_ms
 
+    def text(self) -> str:
+        return (f"batch {self.batch_size}, {len(self.batch_ms)} runs: median "
+                f"{self.median_ms:.1f} ms/image, p90 {self.p90_ms:.1f} "
+                f"ms/image, {self.images_per_second:.2f} images/s")
+
 
 def measure_latency(models: Mapping[str, keras.Model], batch_size: int = 1,
                     runs: int = 50, warmup: int = 5,
