@@ -23,6 +23,10 @@ device with batch N*b (the schedule is scaled to that global batch):
   replica, which Keras' all-reduce sums back. With one replica this is a
   plain clip; with N it costs a second all-reduce.
 
+With several replicas the batch norms use global-batch statistics
+(:func:`~efficientdet_tf.layers.synchronize_batch_norms`), so every worker
+keeps the same moving averages.
+
 ``var_freeze_expr`` freezes every variable whose path matches: frozen
 variables get no gradient, no weight decay and no EMA, and the batch norms
 it covers entirely also stop updating their moving statistics
@@ -50,6 +54,7 @@ from efficientdet_tf.config import Config
 from efficientdet_tf.data.pipeline import (build_dataset, list_record_files,
                                            targets_from_labels)
 from efficientdet_tf.ema import WeightAverage, averaged_variables
+from efficientdet_tf.layers import synchronize_batch_norms
 from efficientdet_tf.losses import detection_loss
 from efficientdet_tf.model import build_model
 from efficientdet_tf.optim import (WarmupSchedule, build_optimizer,
@@ -155,6 +160,8 @@ class Trainer:
         self._seed_everything()
         with self.strategy.scope():
             self.model = build_model(config)
+            if replicas > 1:
+                synchronize_batch_norms(self.model)
             self.trainable = freeze_variables(self.model, config.var_freeze_expr)
             self.schedule = WarmupSchedule(self.spec)
             inner = build_optimizer(config, self.schedule)

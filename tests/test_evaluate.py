@@ -269,10 +269,11 @@ class GroundTruthModel:
     eval pipeline's anchor targets as confident logits and the box targets
     as box codes: exactly what a perfect detector emits, in network-input
     coordinates. The lookup runs in ``tf.py_function`` so the model also
-    works inside ``evaluate``'s ``tf.function``.
+    works inside ``evaluate``'s ``tf.function``. ``class_shift`` relabels
+    every object as the next class: perfect boxes, every class wrong.
     """
 
-    def __init__(self, file_pattern, config):
+    def __init__(self, file_pattern, config, class_shift=0):
         self.levels = range(config.min_level, config.max_level + 1)
         classes = np.arange(config.num_classes)
         self.outputs = {}
@@ -281,6 +282,8 @@ class GroundTruthModel:
             logits, codes = [], []
             for level in self.levels:
                 targets = labels[f"cls_targets_{level}"][0].numpy()
+                targets = np.where(targets >= 0, (targets + class_shift)
+                                   % config.num_classes, targets)
                 one_hot = targets[..., None] == classes
                 logits.append(np.where(one_hot, 8.0, -8.0).astype(
                     np.float32).reshape(*targets.shape[:2], -1))
@@ -357,6 +360,21 @@ def test_perfect_model_scores_one_against_original_pixel_json(
     drawn = [events[f"eval_images/{k}"] for k in range(2)]
     assert sorted(drawn) == [[(7, (100, 80, 3))], [(7, (200, 150, 3))]]
     assert "eval_images/2" not in events
+
+
+def test_all_wrong_predictions_score_zero(records, tmp_path):
+    """The same perfect boxes, each labelled as another class: every AP
+    that has ground truth to measure is exactly 0 (not -1, not a crash)."""
+    pattern, json_path = records
+    config = tiny_config()
+    metrics = evaluate(GroundTruthModel(pattern, config, class_shift=1), config,
+                       pattern, val_json_file=json_path, batch_size=2,
+                       output_dir=str(tmp_path))
+    detections = json.loads((tmp_path / "detections.json").read_text())
+    assert len(detections) >= len(coco_json(SCENES)["annotations"])
+    for name in ("AP", "AP50", "AP75", "APm", "ARmax100", *(
+            f"AP_/{n}" for n in LABEL_MAP.values())):
+        assert metrics[name] == 0.0, name
 
 
 def test_perfect_model_without_json_and_max_images(records, tmp_path):

@@ -54,13 +54,15 @@ def quick_graph_optimisation():
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
 
 
-def make_demo_records(root: pathlib.Path, num_train: int = 4) -> str:
-    """The demo shapes at 128 px as one TFRecord shard; returns its pattern."""
+def make_demo_records(root: pathlib.Path, num_train: int = 4,
+                      num_shards: int = 1) -> str:
+    """The demo shapes at 128 px as TFRecord shards; returns their pattern."""
     make_demo_dataset(str(root), num_train=num_train, num_val=0, seed=0,
                       image_size=128)
     convert_coco(str(root / "train" / "images"),
                  str(root / "train" / "annotations.json"),
-                 str(root / "records" / "train"), num_shards=1, num_threads=1)
+                 str(root / "records" / "train"), num_shards=num_shards,
+                 num_threads=1)
     return str(root / "records" / "train-*.tfrecord")
 
 
