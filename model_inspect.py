@@ -112,13 +112,10 @@ def tflite(flags: argparse.Namespace) -> None:
 
 
 def onnx(flags: argparse.Namespace) -> None:
-    """Checkpoint -> .onnx (hard NMS only), checked with onnxruntime."""
+    """Checkpoint -> .onnx (NMS included), checked with onnxruntime."""
     import numpy as np
 
-    from efficientdet_tf.config import get_config
-    from efficientdet_tf.onnx_export import (OnnxDetector, check_exportable,
-                                             export_onnx)
-    check_exportable(get_config(flags.model_name, flags.hparams))
+    from efficientdet_tf.onnx_export import OnnxDetector, export_onnx
     model, config = _model(flags)
     path = export_onnx(model, config, os.path.join(
         flags.output_dir, f"{config.name}.onnx"), flags.batch_size,

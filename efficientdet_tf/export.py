@@ -96,10 +96,12 @@ class ServingGraph:
     """
 
     def __init__(self, model: keras.Model, config: Config,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, portable_nms: bool = False):
         if batch_size is not None and batch_size < 1:
             raise ExportError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.config, self.batch_size = model, config, batch_size
+        # Soft-NMS from plain ops, for converters without TF's kernel (ONNX).
+        self.portable_nms = portable_nms
         height, width = config.image_size
         # One traced network shared by every signature: tracing D0 takes
         # seconds, and the SavedModel then holds the network once.
@@ -116,11 +118,16 @@ class ServingGraph:
         return preprocess_image(images, self.config.image_size,
                                 self.config.mean_rgb, self.config.stddev_rgb)
 
+    def _detections(self, inputs: tf.Tensor, scales: tf.Tensor
+                    ) -> dict[str, tf.Tensor]:
+        return detection_outputs(postprocess(
+            *self._network(inputs), self.config, image_scales=scales,
+            portable=self.portable_nms))
+
     def detect_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """uint8 ``[B, h, w, 3]`` -> detections in pixels of the input."""
         inputs, scales = self._preprocess(images)
-        return detection_outputs(postprocess(*self._network(inputs),
-                                             self.config, image_scales=scales))
+        return self._detections(inputs, scales)
 
     def detect_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         """Encoded images ``[B]`` -> detections; each image is decoded and
@@ -134,8 +141,7 @@ class ServingGraph:
         inputs, scales = tf.map_fn(one_image, image_bytes, fn_output_signature=(
             tf.TensorSpec([height, width, 3], tf.float32),
             tf.TensorSpec([], tf.float32)))
-        return detection_outputs(postprocess(*self._network(inputs),
-                                             self.config, image_scales=scales))
+        return self._detections(inputs, scales)
 
     def predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """uint8 ``[B, h, w, 3]`` -> raw per-level head outputs and scales."""

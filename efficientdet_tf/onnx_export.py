@@ -4,12 +4,12 @@ The ONNX graph is ``serving_default``'s: uint8 ``images [B, h, w, 3]`` of any
 size -> ``detection_boxes``, ``detection_scores``, ``detection_classes``,
 ``num_detections`` (pre-processing and NMS included).
 
-Only hard NMS converts: ONNX's ``NonMaxSuppression`` operator has no soft-NMS
-and tf2onnx maps TF's ``NonMaxSuppressionV5`` onto it dropping
-``soft_nms_sigma`` (the Gaussian decay silently disappears). So the default
-Gaussian ``nms_configs.method`` is refused with a message naming the fix
-(``--hparams nms_configs.method=hard``) instead of exporting a model whose
-scores differ from the SavedModel's.
+Both NMS methods export. Hard NMS maps onto ONNX's ``NonMaxSuppression``
+operator. That operator has no soft-NMS (tf2onnx would map TF's kernel onto
+it, silently dropping ``soft_nms_sigma``), so the default Gaussian method is
+exported as :func:`efficientdet_tf.postprocess.greedy_nms`: a loop (ONNX
+``Loop``) of elementwise ops that selects the same boxes with the same
+decayed scores as the SavedModel.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import numpy as np
 from efficientdet_tf.config import Config
 from efficientdet_tf.export import (SERVING_DEFAULT, ExportError,
                                     ServingGraph)
-from efficientdet_tf.postprocess import NmsSettings
 
 DEFAULT_OPSET = 17
 INSTALL_HINT = "pip install tf2onnx onnxruntime"
@@ -43,26 +42,14 @@ def _tf2onnx():
     return tf2onnx
 
 
-def check_exportable(config: Config) -> None:
-    """Raises :class:`ExportError` for a config ONNX cannot represent
-    (cheap: callers check before building the model)."""
-    method = NmsSettings.from_config(config.nms_configs).method
-    if method != "hard":
-        raise ExportError(
-            f"ONNX has no soft-NMS: nms_configs.method={method} cannot be "
-            "exported faithfully (tf2onnx drops NonMaxSuppressionV5's "
-            "soft_nms_sigma); export with --hparams nms_configs.method=hard")
-
-
 def export_onnx(model: keras.Model, config: Config, path: str,
                 batch_size: int | None = None,
                 opset: int = DEFAULT_OPSET) -> str:
     """Converts ``serving_default`` to ONNX at ``path`` (written to a
     temporary file, then renamed)."""
-    check_exportable(config)
     tf2onnx = _tf2onnx()
-    function = ServingGraph(model, config, batch_size).functions()[
-        SERVING_DEFAULT]
+    function = ServingGraph(model, config, batch_size,
+                            portable_nms=True).functions()[SERVING_DEFAULT]
     target = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     temp = f"{target}.tmp-{os.getpid()}"

@@ -48,6 +48,9 @@ additions of the box decoding.
 The NMS kernel is TF's ``NonMaxSuppressionV5`` (the op automl calls), which
 TFLite has as a builtin, soft-NMS included: the whole function converts with
 ``tf.lite.TFLiteConverter`` without Flex ops (tests/test_postprocess.py).
+ONNX's ``NonMaxSuppression`` has no soft-NMS (tf2onnx drops the sigma), so
+``portable=True`` runs soft-NMS as :func:`greedy_nms`, a loop of plain
+elementwise ops that converts anywhere and selects the same boxes.
 """
 from __future__ import annotations
 
@@ -88,6 +91,9 @@ class NmsSettings:
     max_output_size: int = 100
     max_nms_inputs: int = 0
     per_class: bool = True
+    # Soft-NMS as greedy_nms (a loop any converter keeps) instead of TF's
+    # kernel; hard NMS always uses the kernel, which ONNX has as an operator.
+    portable: bool = False
 
     @classmethod
     def from_config(cls, nms_configs: Mapping[str, Any]) -> "NmsSettings":
@@ -145,15 +151,18 @@ class Candidates(NamedTuple):
 
 def postprocess(class_outputs: Sequence[tf.Tensor],
                 box_outputs: Sequence[tf.Tensor], config: Config,
-                image_scales: tf.Tensor | float | None = None) -> Detections:
+                image_scales: tf.Tensor | float | None = None,
+                portable: bool = False) -> Detections:
     """Head outputs (lists over levels, as ``build_model`` returns) ->
     :class:`Detections` with ``config.nms_configs``.
 
     ``image_scales``: ``[B]`` (or a scalar for all) factors from network
     pixels to original pixels, as :func:`efficientdet_tf.preprocess.
-    preprocess_image` returns; None keeps network pixels.
+    preprocess_image` returns; None keeps network pixels. ``portable``:
+    soft-NMS without TF's kernel (see :attr:`NmsSettings.portable`).
     """
-    settings = NmsSettings.from_config(config.nms_configs)
+    settings = dataclasses.replace(NmsSettings.from_config(config.nms_configs),
+                                   portable=portable)
     candidates = select_candidates(class_outputs, box_outputs,
                                    anchor_boxes(config), config.num_classes,
                                    settings.max_nms_inputs)
@@ -279,19 +288,78 @@ def non_max_suppression(boxes: tf.Tensor, scores: tf.Tensor,
     nms_boxes = boxes
     if settings.per_class:
         nms_boxes = boxes + _class_tile_offsets(boxes, classes)
-    # TF's soft_nms_sigma weighs by exp(-0.5 IoU^2 / s): s = sigma / 2 gives
-    # the paper's exp(-IoU^2 / sigma), as automl passes it.
-    index, out_scores, count = tf.raw_ops.NonMaxSuppressionV5(
-        boxes=nms_boxes, scores=scores,
-        max_output_size=settings.max_output_size,
-        iou_threshold=tf.constant(settings.iou_thresh, tf.float32),
-        score_threshold=tf.constant(settings.score_thresh, tf.float32),
-        soft_nms_sigma=tf.constant(settings.sigma / 2, tf.float32),
-        pad_to_max_output_size=True)
+    if settings.portable and settings.method != "hard":
+        index, out_scores, count = greedy_nms(nms_boxes, scores, settings)
+    else:
+        # TF's soft_nms_sigma weighs by exp(-0.5 IoU^2 / s): s = sigma / 2
+        # gives the paper's exp(-IoU^2 / sigma), as automl passes it.
+        index, out_scores, count = tf.raw_ops.NonMaxSuppressionV5(
+            boxes=nms_boxes, scores=scores,
+            max_output_size=settings.max_output_size,
+            iou_threshold=tf.constant(settings.iou_thresh, tf.float32),
+            score_threshold=tf.constant(settings.score_thresh, tf.float32),
+            soft_nms_sigma=tf.constant(settings.sigma / 2, tf.float32),
+            pad_to_max_output_size=True)
     valid = tf.range(settings.max_output_size) < count
     out_boxes = tf.where(valid[:, None], tf.gather(boxes, index), 0.0)
     out_classes = tf.where(valid, tf.gather(classes, index) + 1, 0)
     return out_boxes, tf.where(valid, out_scores, 0.0), out_classes, count
+
+
+def greedy_nms(boxes: tf.Tensor, scores: tf.Tensor, settings: NmsSettings
+               ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """NMS as ``NonMaxSuppressionV5`` computes it, from elementwise ops only:
+    ``[K, 4]``, ``[K]`` -> selected indices ``[M]``, their scores ``[M]``
+    (zero-padded) and the count.
+
+    Each of at most ``M = max_output_size`` rounds selects the highest live
+    score, then weighs every other live score by ``exp(-IoU^2 / sigma)``
+    (1 when ``sigma`` is 0), zeroes those with IoU above ``iou_thresh`` and
+    retires any at or below ``score_thresh``; it stops early once nothing is
+    live. TF's kernel selects lazily from a priority queue, which gives the
+    same boxes because weights never raise a score. O(M*K) work, a few ms
+    for D0's 49k anchors; used where TF's kernel does not convert (ONNX).
+    """
+    size, thresh = settings.max_output_size, settings.score_thresh
+    ymin = tf.minimum(boxes[:, 0], boxes[:, 2])
+    xmin = tf.minimum(boxes[:, 1], boxes[:, 3])
+    ymax = tf.maximum(boxes[:, 0], boxes[:, 2])
+    xmax = tf.maximum(boxes[:, 1], boxes[:, 3])
+    areas = (ymax - ymin) * (xmax - xmin)
+    # The lowest float, not -inf: tf2onnx turns a filled -inf into NaN.
+    dead = tf.fill(tf.shape(scores), np.finfo(np.float32).min)
+    live = tf.where(scores > thresh, scores, dead)
+    slots = tf.range(size)
+
+    def iou_with(best: tf.Tensor) -> tf.Tensor:
+        height = tf.maximum(tf.minimum(ymax, ymax[best]) - tf.maximum(ymin, ymin[best]), 0.0)
+        width = tf.maximum(tf.minimum(xmax, xmax[best]) - tf.maximum(xmin, xmin[best]), 0.0)
+        inter = height * width
+        union = areas + areas[best] - inter
+        valid = (areas > 0.0) & (areas[best] > 0.0)
+        return tf.where(valid, inter / tf.where(valid, union, 1.0), 0.0)
+
+    def round_(i, live, index, kept, count):
+        best = tf.argmax(live, output_type=tf.int32)
+        top = live[best]
+        iou = iou_with(best)
+        weight = (tf.exp(-tf.square(iou) / settings.sigma) if settings.sigma > 0
+                  else tf.ones_like(iou))
+        weight = tf.where(iou > settings.iou_thresh, 0.0, weight)
+        decayed = tf.where(live > thresh, live * weight, dead)
+        decayed = tf.where(tf.range(tf.shape(live)[0]) == best, dead, decayed)
+        here = tf.equal(slots, i)
+        return (i + 1, tf.where(decayed > thresh, decayed, dead),
+                tf.where(here, best, index), tf.where(here, top, kept), count + 1)
+
+    def more(i, live, index, kept, count):
+        return (i < size) & (tf.reduce_max(live) > thresh)
+
+    zeros = tf.zeros([size], tf.int32)
+    _, _, index, kept, count = tf.while_loop(
+        more, round_, (tf.constant(0), live, zeros, tf.zeros([size]),
+                       tf.constant(0)))
+    return index, kept, count
 
 
 def _class_tile_offsets(boxes: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:

@@ -15,7 +15,8 @@ import tensorflow as tf
 from efficientdet_tf.anchors import anchor_boxes
 from efficientdet_tf.config import get_config
 from efficientdet_tf.postprocess import (Detections, NmsSettings, batched_nms,
-                                         postprocess, select_candidates)
+                                         greedy_nms, postprocess,
+                                         select_candidates)
 from efficientdet_tf.preprocess import preprocess_image
 
 BENCHMARK = (pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
@@ -183,6 +184,42 @@ def test_soft_nms_equals_tf_soft_nms_per_class():
     assert len(ours) == len(expected) == 100
     for (s1, c1, b1), (s2, c2, b2) in zip(ours, expected):
         assert (c1, b1) == (c2, b2) and s1 == pytest.approx(s2, rel=1e-5)
+
+
+@pytest.mark.parametrize("nms", [
+    {"method": "gaussian"}, {"method": "gaussian", "sigma": 0.1},
+    {"method": "gaussian", "score_thresh": 0.3, "max_output_size": 300},
+    {"method": "hard", "iou_thresh": 0.4}, {"method": "hard", "iou_thresh": 0.7}])
+def test_greedy_nms_selects_what_tf_kernel_selects(nms):
+    """The portable loop (ONNX's soft-NMS) against NonMaxSuppressionV5 on
+    crowded boxes, including degenerate ones, scores ending the run early
+    (score_thresh 0.3) and the hard-NMS special case of sigma 0."""
+    rng = np.random.default_rng(7)
+    boxes = random_boxes(rng, 600, extent=60.0)
+    boxes[:5, 2:] = boxes[:5, :2]  # zero area: IoU 0 with everything
+    boxes[5:10] = boxes[5:10, [2, 3, 0, 1]]  # corners given the other way round
+    scores = rng.uniform(0, 1, 600).astype(np.float32)
+    settings = NmsSettings.from_config(nms)
+    index, kept, count = greedy_nms(tf.constant(boxes), tf.constant(scores),
+                                    settings)
+    want_index, want_kept, want_count = tf.raw_ops.NonMaxSuppressionV5(
+        boxes=boxes, scores=scores, max_output_size=settings.max_output_size,
+        iou_threshold=settings.iou_thresh, score_threshold=settings.score_thresh,
+        soft_nms_sigma=settings.sigma / 2, pad_to_max_output_size=True)
+    assert int(count) == int(want_count) > 10
+    n = int(count)
+    np.testing.assert_array_equal(index[:n], want_index[:n])
+    np.testing.assert_allclose(kept[:n], want_kept[:n], rtol=1e-5)
+    assert not np.any(kept[n:]) and not np.any(index[n:])
+
+
+def test_portable_postprocess_equals_the_kernel():
+    config = small_config(method="gaussian")
+    classes, boxes = random_head_outputs(config, 2, seed=8)
+    kernel = postprocess(classes, boxes, config)
+    portable = postprocess(classes, boxes, config, portable=True)
+    for name, a, b in zip(Detections._fields, kernel, portable):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
 
 
 # --- candidates ----------------------------------------------------------------
