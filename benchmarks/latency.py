@@ -1,13 +1,28 @@
-"""Inference latency of the EfficientDet network alone (no pre/post-processing).
+"""Inference latency: the network alone, then end to end as deployed.
 
-    PYTHONPATH=. python benchmarks/latency.py --model_name efficientdet-d0 \
-        --runs 50 --jit_compile off,on --breakdown
+    PYTHONPATH=. python benchmarks/latency.py                 # all formats, D0
+    PYTHONPATH=. python benchmarks/latency.py --formats network \
+        --jit_compile off,on --breakdown
 
-Prints median / p90 ms per image and images/s for each ``jit_compile`` mode,
-then the process's peak RSS. ``--breakdown`` also times the network cut after
-the backbone and after the BiFPN (interleaved with the full network), so the
-per-stage cost is the difference of consecutive rows. On a shared machine the
-numbers move with other load: run it more than once.
+Formats (``--formats``, comma-separated):
+
+* ``network``: the Keras model on a normalised batch, no pre/post-processing,
+  for each ``--jit_compile`` mode; ``--breakdown`` also times the network
+  cut after the backbone and after the BiFPN (interleaved with the full
+  network), so per-stage cost is the difference of consecutive rows.
+* ``saved_model``: the exported SavedModel's ``serving_default`` loaded
+  back as a server would: uint8 image in, resize + normalise, network, soft-NMS,
+  detections out.
+* ``tflite_fp32`` / ``tflite_int8``: the ``.tflite`` files of
+  ``model_inspect.py --runmode=tflite`` on the TFLite interpreter with
+  ``--threads`` threads: letterboxing (numpy/TF, outside the model), network
+  and NMS. INT8 is calibrated on generated demo images.
+
+Every row prints median / p90 ms per image and images/s; rows with an
+official reference show it (measured on the issue's machine type: network
+~206 ms, SavedModel 232 ms, TFLite FP32 132 ms for D0 512x512) and the
+target. Machines here differ by up to 2.5x, so compare the ratio; and a
+shared machine moves with other load: run it more than once.
 """
 from __future__ import annotations
 
@@ -15,15 +30,30 @@ import argparse
 import os
 import resource
 import sys
+import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from efficientdet_tf.config import ConfigError, get_config  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from efficientdet_tf.config import Config, ConfigError, get_config  # noqa: E402
+from efficientdet_tf.data.demo import make_demo_dataset  # noqa: E402
+from efficientdet_tf.export import (SERVING_DEFAULT,  # noqa: E402
+                                    export_saved_model)
+from efficientdet_tf.inference import benchmark_serving, time_calls  # noqa: E402
 from efficientdet_tf.model import build_model  # noqa: E402
-from efficientdet_tf.profiling import (count_flops, measure_latency,  # noqa: E402
-                                       network_stages)
+from efficientdet_tf.profiling import (Latency, count_flops,  # noqa: E402
+                                       measure_latency, network_stages)
+from efficientdet_tf.tflite_export import (TFLiteDetector,  # noqa: E402
+                                           export_tflite, letterbox)
 
 JIT_MODES = {"off": False, "on": True}
+FORMATS = ("network", "saved_model", "tflite_fp32", "tflite_int8")
+# D0 512x512 batch 1 on the issue's machine type: (official ms, target ms).
+REFERENCES = {"network": (206, 180), "saved_model": (232, 190),
+              "tflite_fp32": (132, 125)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +73,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "XLA on CPU is very slow for depthwise convs.")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time backbone and backbone+BiFPN prefixes")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help=f"comma-separated, from {', '.join(FORMATS)}")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="TFLite interpreter threads")
+    parser.add_argument("--calibration_images", type=int, default=8,
+                        help="generated images calibrating tflite_int8")
     return parser.parse_args(argv)
+
+
+def row(name: str, latency: Latency, reference: str | None = None) -> str:
+    """One result line; with the official reference and target of
+    ``reference`` (a key of REFERENCES), given only for the D0 512x512
+    batch-1 runs they were measured on."""
+    text = (f"  {name:24s} median {latency.median_ms:7.1f} ms/image  p90 "
+            f"{latency.p90_ms:7.1f} ms/image  {latency.images_per_second:6.2f} "
+            "images/s")
+    if reference in REFERENCES:
+        official, target = REFERENCES[reference]
+        text += (f"  ({latency.median_ms / official:.2f}x official {official} "
+                 f"ms; target {target})")
+    return text
+
+
+def time_deployed(model, config: Config, formats: list[str],
+                  args: argparse.Namespace) -> None:
+    """Exports to each deployed format in a temporary folder and times it
+    end to end on one random image of the model's input size."""
+    height, width = config.image_size
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3),
+                                              dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        if "saved_model" in formats:
+            start = time.perf_counter()
+            path = export_saved_model(model, config, os.path.join(tmp, "saved"))
+            print(f"  (SavedModel exported in {time.perf_counter() - start:.0f} s)")
+            serving = tf.saved_model.load(path).signatures[SERVING_DEFAULT]
+            print(row("saved_model (end to end)", benchmark_serving(
+                serving, (height, width), args.batch_size, args.runs,
+                args.warmup), args.reference("saved_model")))
+        quantizations = [f.split("_")[1] for f in formats if f.startswith("tflite")]
+        if not quantizations:
+            return
+        calibration = None
+        if "int8" in quantizations:
+            make_demo_dataset(os.path.join(tmp, "demo"), args.calibration_images,
+                              0, seed=0, image_size=max(height, width))
+            calibration = os.path.join(tmp, "demo", "train", "images")
+        start = time.perf_counter()
+        paths = export_tflite(model, config, os.path.join(tmp, "tflite"),
+                              quantizations, calibration,
+                              num_calibration_steps=args.calibration_images)
+        print(f"  (TFLite {', '.join(quantizations)} converted in "
+              f"{time.perf_counter() - start:.0f} s)")
+        for quantization, path in paths.items():
+            detector = TFLiteDetector(path, num_threads=args.threads)
+
+            def call() -> None:
+                boxed, _ = letterbox(image, config.image_size, config.mean_rgb)
+                detector.detect(boxed[None])
+            print(row(f"tflite_{quantization} ({args.threads} threads)",
+                      time_calls(call, 1, args.runs, args.warmup),
+                      args.reference(f"tflite_{quantization}")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not modes:
         print(f"--jit_compile: expected a list of off/on, got "
               f"{args.jit_compile!r}", file=sys.stderr)
+        return 2
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if not formats or any(f not in FORMATS for f in formats):
+        print(f"--formats: expected a list from {', '.join(FORMATS)}, got "
+              f"{args.formats!r}", file=sys.stderr)
+        return 2
+    if args.batch_size != 1 and any(f.startswith("tflite") for f in formats):
+        print("--formats tflite_*: the TFLite models are exported for batch 1",
+              file=sys.stderr)
         return 2
     if args.batch_size < 1 or args.runs < 1 or args.warmup < 0:
         print("--batch_size and --runs must be >= 1 and --warmup >= 0",
@@ -66,19 +166,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = build_model(config)
     height, width = config.image_size
+    comparable = (config.name == "efficientdet-d0" and args.batch_size == 1
+                  and (height, width) == (512, 512))
+    args.reference = lambda key: key if comparable else None
     print(f"{config.name} {height}x{width} batch {args.batch_size}: "
           f"{count_flops(model) / 1e9:.3f}B multiply-adds/image; "
           f"{args.runs} runs after {args.warmup} warm-up")
-    models = (network_stages(model, config.backbone_name) if args.breakdown
-              else {"network": model})
-    for mode in modes:
-        results = measure_latency(models, args.batch_size, args.runs,
-                                  args.warmup, jit_compile=JIT_MODES[mode])
-        for name, latency in results.items():
-            print(f"  jit_compile={mode:3s} {name:8s} median "
-                  f"{latency.median_ms:7.1f} ms/image  p90 "
-                  f"{latency.p90_ms:7.1f} ms/image  "
-                  f"{latency.images_per_second:6.2f} images/s")
+    if "network" in formats:
+        models = (network_stages(model, config.backbone_name) if args.breakdown
+                  else {"network": model})
+        for mode in modes:
+            results = measure_latency(models, args.batch_size, args.runs,
+                                      args.warmup, jit_compile=JIT_MODES[mode])
+            for name, latency in results.items():
+                print(row(f"{name} (jit_compile={mode})", latency,
+                          args.reference(name) if mode == "off" else None))
+    time_deployed(model, config, formats, args)
     # ru_maxrss is in KiB on Linux.
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak_mib:.0f} MiB")

@@ -92,7 +92,9 @@ def test_stages_need_an_efficientdet_network():
 
 @pytest.mark.parametrize("argv", [["--jit_compile", "maybe"],
                                   ["--model_name", "efficientdet-d9"],
-                                  ["--runs", "0"]])
+                                  ["--runs", "0"], ["--formats", "onnx"],
+                                  ["--formats", "tflite_fp32",
+                                   "--batch_size", "2"]])
 def test_benchmark_rejects_bad_flags_before_building(argv, capsys):
     spec = importlib.util.spec_from_file_location("latency", LATENCY_CLI)
     latency = importlib.util.module_from_spec(spec)
