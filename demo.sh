@@ -3,12 +3,12 @@
 #   install -> generate data -> convert to TFRecords -> train + evaluate
 #   -> export a SavedModel -> infer on a folder, drawing boxes.
 # Everything lands in $DEMO_DIR (default ./demo_output). Tunable:
-#   DEMO_EPOCHS (default 6), DEMO_BATCH (default 8), DEMO_NUM_TRAIN (320),
+#   DEMO_EPOCHS (default 12), DEMO_BATCH (default 8), DEMO_NUM_TRAIN (320),
 #   DEMO_NUM_VAL (64).
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT="${DEMO_DIR:-demo_output}"
-EPOCHS="${DEMO_EPOCHS:-6}"
+EPOCHS="${DEMO_EPOCHS:-12}"
 BATCH="${DEMO_BATCH:-8}"
 
 echo "== 1/6 install"
