@@ -83,6 +83,41 @@ def test_detection_loss_follows_automl_normalisation():
         losses["total"], cls_sum / normalizer + 50 * box_sum / (4 * normalizer), rtol=1e-5)
 
 
+@pytest.mark.parametrize("gamma,smoothing,dtype", [
+    (1.5, 0.0, tf.float32), (0.5, 0.1, tf.float32), (2.0, 0.0, tf.float16)])
+def test_class_loss_gradient_equals_autodiff_of_focal_loss(gamma, smoothing, dtype):
+    """The class loss's hand-written gradient (which spares the memory of
+    autodiff's intermediates) against autodiff of the plain focal loss,
+    including ignored anchors, gamma < 1, smoothing, confident logits and
+    float16 (mixed precision) outputs."""
+    config = tiny_config(gamma=gamma, label_smoothing=smoothing)
+    targets = batch_of_targets(config)
+    cls_out, box_out = random_outputs(config, scale=4.0)
+    cls_out = [tf.constant(c, dtype) for c in cls_out]
+
+    def reference(logits_per_level):
+        total = 0.0
+        for logits, cls_t in zip(logits_per_level, targets.cls_targets):
+            shape = tf.concat([tf.shape(cls_t), [config.num_classes]], 0)
+            onehot = tf.one_hot(tf.cast(cls_t, tf.int32), config.num_classes)
+            loss = focal_loss(tf.reshape(logits, shape), onehot, config.alpha,
+                              gamma, smoothing)
+            keep = tf.cast(cls_t != -2, tf.float32)[..., None]
+            total += tf.reduce_sum(loss * keep)
+        return total / (float(tf.reduce_sum(targets.num_positives)) + 1.0)
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(cls_out)
+        ours = detection_loss(cls_out, box_out, targets, config)["cls_loss"]
+        theirs = reference(cls_out)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    for got, want in zip(tape.gradient(ours, cls_out), tape.gradient(theirs, cls_out)):
+        assert got.dtype == dtype
+        assert np.all(np.isfinite(got.numpy()))
+        np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=1e-3,
+                                   atol=1e-6 if dtype == tf.float32 else 1e-3)
+
+
 def test_iou_loss_is_zero_for_perfect_boxes_and_hand_value_for_anchors():
     config = tiny_config(iou_loss_type="giou", iou_loss_weight=2.0)
     targets = batch_of_targets(config)
