@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "batch_norm_epsilon": 1e-3,
     "is_training_bn": True,
     "mixed_precision": False,
+    # Recompute backbone block activations in the backward pass instead of
+    # keeping them: ~40 % less training memory for ~20 % more time.
+    "grad_checkpoint": False,
     # Optimization.
     "optimizer": "sgd",
     "momentum": 0.9,
@@ -106,7 +109,7 @@ DEFAULTS: dict[str, Any] = {
 # automl keys that configure things this implementation does differently (or
 # not at all). A YAML written for automl may carry them: accept with a warning.
 AUTOML_ONLY_KEYS = frozenset({
-    "use_keras_model", "strategy", "data_format", "grad_checkpoint", "verbose",
+    "use_keras_model", "strategy", "data_format", "verbose",
     "save_freq", "sample_image", "map_freq", "img_summary_steps", "dataset_type",
     "seg_num_classes", "heads", "positives_momentum", "ckpt_var_scope",
     "model_optimizations", "autoaugment_policy", "grid_mask", "scale_range",

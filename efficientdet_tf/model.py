@@ -55,7 +55,8 @@ def _build(config: Config, name: str) -> keras.Model:
     images = keras.Input((*config.image_size, 3), name="images")
     endpoints = EfficientNet(
         config.backbone_name, include_top=False, act_type=config.act_type,
-        survival_prob=backbone_survival_prob(config), **bn)(images)
+        survival_prob=backbone_survival_prob(config),
+        grad_checkpoint=bool(config.grad_checkpoint), **bn)(images)
     feats = list(endpoints[config.min_level - 1:])
     for level in range(BACKBONE_LEVELS + 1, config.max_level + 1):
         feats.append(ResampleFeatureMap(

@@ -62,7 +62,9 @@ def two_worker_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("multi_worker")
     # Two files, so each worker reads a different one (file sharding).
     pattern = make_demo_records(root / "data", num_train=8, num_shards=2)
-    train = {**TRAIN, "moving_average_decay": 0.9}
+    # grad_checkpoint: its recomputed backward (and synchronized batch
+    # norms inside it) must hold across processes too.
+    train = {**TRAIN, "moving_average_decay": 0.9, "grad_checkpoint": True}
     script = WORKER.format(pattern=pattern, train=train)
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     procs = []

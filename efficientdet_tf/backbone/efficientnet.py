@@ -20,7 +20,8 @@ import keras
 import tensorflow as tf
 
 from efficientdet_tf.layers import (activation, batch_norm, conv_initializer,
-                                    dense_initializer, drop_connect)
+                                    dense_initializer, drop_connect,
+                                    recompute_gradient)
 
 BLOCK_STRINGS: tuple[str, ...] = (
     "r1_k3_s11_e1_i32_o16_se0.25",
@@ -175,11 +176,18 @@ class SqueezeExcite(keras.layers.Layer):
 
 class MBConvBlock(keras.layers.Layer):
     """Inverted residual: [1x1 expand] -> depthwise -> [SE] -> 1x1 project,
-    with a drop-connect residual when shape is preserved."""
+    with a drop-connect residual when shape is preserved.
+
+    ``grad_checkpoint``: in training, the branch's activations are recomputed
+    for the backward pass instead of kept (drop-connect stays outside, so
+    its random mask is drawn once).
+    """
 
     def __init__(self, block: dict[str, Any], act_type: str, bn_momentum: float,
-                 bn_epsilon: float, survival_prob: float | None, **kwargs: Any):
+                 bn_epsilon: float, survival_prob: float | None,
+                 grad_checkpoint: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
+        self.grad_checkpoint = grad_checkpoint
         self.block = dict(block)
         self.act_type = act_type
         self.bn_momentum = bn_momentum
@@ -222,13 +230,15 @@ class MBConvBlock(keras.layers.Layer):
                 and args.input_filters == args.output_filters)
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x = inputs
-        if self.expand_conv is not None:
-            x = self._act(self.expand_bn(self.expand_conv(x), training=training))
-        x = self._act(self.depthwise_bn(self.depthwise(x), training=training))
-        if self.se is not None:
-            x = self.se(x)
-        x = self.project_bn(self.project_conv(x), training=training)
+        def branch(x: tf.Tensor) -> tf.Tensor:
+            if self.expand_conv is not None:
+                x = self._act(self.expand_bn(self.expand_conv(x), training=training))
+            x = self._act(self.depthwise_bn(self.depthwise(x), training=training))
+            if self.se is not None:
+                x = self.se(x)
+            return self.project_bn(self.project_conv(x), training=training)
+        x = (recompute_gradient(branch, inputs) if training and self.grad_checkpoint
+             else branch(inputs))
         if self.has_residual:
             x = drop_connect(x, self.survival_prob, bool(training)) + inputs
         return x
@@ -237,7 +247,8 @@ class MBConvBlock(keras.layers.Layer):
         return {**super().get_config(), "block": self.block,
                 "act_type": self.act_type, "bn_momentum": self.bn_momentum,
                 "bn_epsilon": self.bn_epsilon,
-                "survival_prob": self.survival_prob}
+                "survival_prob": self.survival_prob,
+                "grad_checkpoint": self.grad_checkpoint}
 
 
 class ConvBnAct(keras.layers.Layer):
@@ -302,9 +313,11 @@ class EfficientNet(keras.layers.Layer):
                  bn_epsilon: float = 1e-3,
                  survival_prob: float | None = DEFAULT_SURVIVAL_PROB,
                  dropout_rate: float | None = None,
-                 block_strings: Sequence[str] = BLOCK_STRINGS, **kwargs: Any):
+                 block_strings: Sequence[str] = BLOCK_STRINGS,
+                 grad_checkpoint: bool = False, **kwargs: Any):
         kwargs.setdefault("name", backbone_name)
         super().__init__(**kwargs)
+        self.grad_checkpoint = grad_checkpoint
         params = backbone_params(backbone_name)
         self.backbone_name = backbone_name
         self.include_top = include_top
@@ -323,7 +336,7 @@ class EfficientNet(keras.layers.Layer):
         self.blocks = [
             MBConvBlock(dataclasses.asdict(b), self.act_type,
                         survival_prob=self._block_survival(i, len(blocks)),
-                        name=f"blocks_{i}", **bn)
+                        grad_checkpoint=grad_checkpoint, name=f"blocks_{i}", **bn)
             for i, b in enumerate(blocks)]
         # A block ends a reduction stage when the next one downsamples.
         self._endpoint_ids = [i for i in range(len(blocks))
@@ -359,7 +372,8 @@ class EfficientNet(keras.layers.Layer):
                 "bn_epsilon": self.bn_epsilon,
                 "survival_prob": self.survival_prob,
                 "dropout_rate": self.dropout_rate,
-                "block_strings": self.block_strings}
+                "block_strings": self.block_strings,
+                "grad_checkpoint": self.grad_checkpoint}
 
 
 def build_classifier(backbone_name: str = "efficientnet-b0",
