@@ -114,23 +114,6 @@ def batch_norm(name: str, momentum: float, epsilon: float) -> keras.layers.Layer
         axis=-1, momentum=momentum, epsilon=epsilon, name=name)
 
 
-def synchronize_batch_norms(model: keras.Model) -> int:
-    """Makes every batch norm of ``model`` compute its training statistics
-    over the global batch (all replicas), as automl's TPU/multi-GPU batch
-    norm does; returns how many were switched.
-
-    With per-replica statistics each worker's moving mean/variance drifts
-    apart, so which worker saves the checkpoint would change the exported
-    model. One replica gains nothing from it, so the trainer only calls this
-    when ``num_replicas_in_sync > 1``.
-    """
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in layers:
-        layer.synchronized = True
-    return len(layers)
-
-
 def drop_connect(x: tf.Tensor, survival_prob: float, training: bool) -> tf.Tensor:
     """Drops whole residual branches per sample (stochastic depth).
 

@@ -329,7 +329,7 @@ def greedy_nms(boxes: tf.Tensor, scores: tf.Tensor, settings: NmsSettings
     # The lowest float, not -inf: tf2onnx turns a filled -inf into NaN.
     dead = tf.fill(tf.shape(scores), np.finfo(np.float32).min)
     live = tf.where(scores > thresh, scores, dead)
-    slots = tf.range(size)
+    slots, positions = tf.range(size), tf.range(tf.shape(scores)[0])
 
     def iou_with(best: tf.Tensor) -> tf.Tensor:
         height = tf.maximum(tf.minimum(ymax, ymax[best]) - tf.maximum(ymin, ymin[best]), 0.0)
@@ -339,7 +339,7 @@ def greedy_nms(boxes: tf.Tensor, scores: tf.Tensor, settings: NmsSettings
         valid = (areas > 0.0) & (areas[best] > 0.0)
         return tf.where(valid, inter / tf.where(valid, union, 1.0), 0.0)
 
-    def round_(i, live, index, kept, count):
+    def round_(i, live, index, kept):
         best = tf.argmax(live, output_type=tf.int32)
         top = live[best]
         iou = iou_with(best)
@@ -347,18 +347,19 @@ def greedy_nms(boxes: tf.Tensor, scores: tf.Tensor, settings: NmsSettings
                   else tf.ones_like(iou))
         weight = tf.where(iou > settings.iou_thresh, 0.0, weight)
         decayed = tf.where(live > thresh, live * weight, dead)
-        decayed = tf.where(tf.range(tf.shape(live)[0]) == best, dead, decayed)
+        decayed = tf.where(positions == best, dead, decayed)
         here = tf.equal(slots, i)
         return (i + 1, tf.where(decayed > thresh, decayed, dead),
-                tf.where(here, best, index), tf.where(here, top, kept), count + 1)
+                tf.where(here, best, index), tf.where(here, top, kept))
 
-    def more(i, live, index, kept, count):
+    def more(i, live, index, kept):
         return (i < size) & (tf.reduce_max(live) > thresh)
 
-    zeros = tf.zeros([size], tf.int32)
-    _, _, index, kept, count = tf.while_loop(
-        more, round_, (tf.constant(0), live, zeros, tf.zeros([size]),
-                       tf.constant(0)))
+    # Every round selects one box (``more`` demands a live score), so the
+    # round count is the number selected.
+    count, _, index, kept = tf.while_loop(
+        more, round_, (tf.constant(0), live, tf.zeros([size], tf.int32),
+                       tf.zeros([size])))
     return index, kept, count
 
 

@@ -24,7 +24,7 @@ device with batch N*b (the schedule is scaled to that global batch):
   plain clip; with N it costs a second all-reduce.
 
 With several replicas the batch norms use global-batch statistics
-(:func:`~efficientdet_tf.layers.synchronize_batch_norms`), so every worker
+(:func:`synchronize_batch_norms`), so every worker
 keeps the same moving averages.
 
 ``var_freeze_expr`` freezes every variable whose path matches: frozen
@@ -54,7 +54,6 @@ from efficientdet_tf.config import Config
 from efficientdet_tf.data.pipeline import (build_dataset, list_record_files,
                                            targets_from_labels)
 from efficientdet_tf.ema import WeightAverage, averaged_variables
-from efficientdet_tf.layers import synchronize_batch_norms
 from efficientdet_tf.losses import detection_loss
 from efficientdet_tf.model import build_model
 from efficientdet_tf.optim import (WarmupSchedule, build_optimizer,
@@ -114,6 +113,17 @@ def check_training_files(file_pattern: str, count: bool) -> int:
         raise TrainingError(f"training data: {file_pattern!r} matches "
                             f"{len(files)} file(s) but they hold no records")
     return total
+
+
+def synchronize_batch_norms(model: keras.Model) -> None:
+    """Makes every batch norm of ``model`` compute its training statistics
+    over the global batch (all replicas), as automl's TPU/multi-GPU batch
+    norm does. With per-replica statistics each worker's moving averages
+    drift apart, so which worker saves the checkpoint would change the
+    exported model; one replica gains nothing, hence only for several."""
+    for layer in ckpt_lib.all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
 
 
 def _checkpointable(iterator: Any) -> bool:
