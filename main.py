@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
          "(default %(default)s)")
     flag("--model_dir", required=True,
          help="directory of the run: config.yaml, checkpoints (ckpt-N), "
-         "best/ (best eval AP), train/ and eval/ TensorBoard summaries")
+         "archive/ (best eval AP), train/ and eval/ TensorBoard summaries")
     flag("--ckpt", help="initial weights when --model_dir has no checkpoint "
          "yet: an official automl checkpoint (its EMA weights), a "
          "backbone-only one, or a native one (directory or prefix); variables "
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
          help="save a checkpoint every this many steps; one is also saved at "
          "each epoch end and at the last step (default %(default)s)")
     flag("--keep_checkpoint_max", type=_positive, default=5,
-         help="newest checkpoints kept in --model_dir; best/ is kept apart "
+         help="newest checkpoints kept in --model_dir; archive/ is kept apart "
          "(default %(default)s)")
     flag("--seed", type=int, help="random seed for initialisation, data "
          "order and augmentation (default: random)")

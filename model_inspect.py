@@ -49,13 +49,13 @@ def _model(flags: argparse.Namespace):
 
 def saved_model(flags: argparse.Namespace) -> None:
     """Checkpoint -> SavedModel (serving_default, serving_bytes, predict)."""
-    from efficientdet_tf.export import export_saved_model
+    from efficientdet_tf.export import export_saved_model, frozen_graph_name
     model, config = _model(flags)
     path = export_saved_model(model, config, flags.saved_model_dir,
                               flags.batch_size)
     print(f"wrote SavedModel {path} (batch "
           f"{flags.batch_size or 'dynamic'}; config.yaml and label_map.yaml "
-          "in assets.extra/)")
+          f"in assets.extra/; frozen graph {frozen_graph_name(config)})")
 
 
 def _infer(flags: argparse.Namespace, detector) -> None:
@@ -71,10 +71,28 @@ def _infer(flags: argparse.Namespace, detector) -> None:
     print(summary.text())
 
 
+def _exported(flags: argparse.Namespace):
+    """The detector of --saved_model_dir: a SavedModel directory, or a
+    frozen ``.pb`` (as automl users pass ``<dir>/<model_name>_frozen.pb``)
+    whose config comes from the SavedModel around it, else from
+    --model_name and --hparams."""
+    from efficientdet_tf.config import get_config
+    from efficientdet_tf.inference import (FrozenGraphDetector,
+                                           SavedModelDetector,
+                                           export_config_near)
+    path = flags.saved_model_dir
+    if not path.endswith(".pb"):
+        return SavedModelDetector(path)
+    found = export_config_near(path)
+    if found is None:
+        config = get_config(flags.model_name, flags.hparams)
+        found = config, dict(config.label_map or {})
+    return FrozenGraphDetector(path, *found)
+
+
 def saved_model_infer(flags: argparse.Namespace) -> None:
-    """Exported SavedModel over --input_image."""
-    from efficientdet_tf.inference import SavedModelDetector
-    _infer(flags, SavedModelDetector(flags.saved_model_dir))
+    """Exported SavedModel (or frozen graph) over --input_image."""
+    _infer(flags, _exported(flags))
 
 
 def infer(flags: argparse.Namespace) -> None:
@@ -87,10 +105,10 @@ def infer(flags: argparse.Namespace) -> None:
 
 def freeze(flags: argparse.Namespace) -> None:
     """Checkpoint -> frozen GraphDef of serving_default."""
-    from efficientdet_tf.export import freeze_graph
+    from efficientdet_tf.export import freeze_graph, frozen_graph_name
     model, config = _model(flags)
     frozen = freeze_graph(model, config, os.path.join(
-        flags.output_dir, f"{config.name}_frozen.pb"), flags.batch_size)
+        flags.output_dir, frozen_graph_name(config)), flags.batch_size)
     print(f"wrote {frozen.path}\n  inputs: {frozen.inputs}\n  outputs: "
           f"{frozen.outputs}")
 
@@ -128,10 +146,12 @@ def onnx(flags: argparse.Namespace) -> None:
 
 
 def saved_model_benchmark(flags: argparse.Namespace) -> None:
-    """End-to-end latency of an exported SavedModel."""
-    from efficientdet_tf.inference import SavedModelDetector
-    detector = SavedModelDetector(flags.saved_model_dir)
-    _benchmark(flags, detector.signatures["serving_default"], detector.config)
+    """End-to-end latency of an exported SavedModel (or frozen graph)."""
+    from efficientdet_tf.inference import FrozenGraphDetector
+    detector = _exported(flags)
+    function = (detector.function if isinstance(detector, FrozenGraphDetector)
+                else detector.signatures["serving_default"])
+    _benchmark(flags, function, detector.config)
 
 
 def benchmark(flags: argparse.Namespace) -> None:
@@ -230,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "YAML file or 'a=1,b.c=2'; image_size strings are "
                         "automl's WIDTHxHEIGHT")
     parser.add_argument("--saved_model_dir", help="the SavedModel directory "
-                        "(written by saved_model, read by saved_model_infer "
-                        "and saved_model_benchmark)")
+                        "(written by saved_model, with <model_name>_frozen.pb "
+                        "inside; read by saved_model_infer and "
+                        "saved_model_benchmark, which also take that .pb)")
     parser.add_argument("--output_dir", help="where freeze, tflite and onnx "
                         "write <model_name>_frozen.pb, <model_name>_<type>"
                         ".tflite and <model_name>.onnx")

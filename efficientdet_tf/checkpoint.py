@@ -43,7 +43,7 @@ _LOG = logging.getLogger(__name__)
 EMA_SUFFIX = "/ExponentialMovingAverage"
 NATIVE_MODEL_KEY, NATIVE_EMA_KEY = "model", "ema"
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_STATE_FILE = "checkpoint"
+STATE_FILE = "checkpoint"
 # TF1 optimizer slots and training counters in official archives.
 _SLOT_NAMES = frozenset({"Momentum", "Adam", "Adam_1", "RMSProp", "RMSProp_1",
                          "Adagrad", "Ftrl", "Ftrl_1"})
@@ -148,13 +148,17 @@ def resolve_checkpoint(path: str | os.PathLike) -> str:
 
 
 def _prefix_in_directory(directory: str) -> str:
+    # get_checkpoint_state already joins a relative entry onto ``directory``
+    # (joining it again breaks every relative model_dir); an absolute entry
+    # names the disk it was written on, so its file name is tried here too.
     state = tf.train.get_checkpoint_state(directory)
     stale = ""
     if state and state.model_checkpoint_path:
-        prefix = os.path.join(directory, state.model_checkpoint_path)
-        if tf.io.gfile.exists(prefix + ".index"):
-            return prefix
-        stale = (f" (its '{_STATE_FILE}' file names {prefix}, which does "
+        named = state.model_checkpoint_path
+        for prefix in (named, os.path.join(directory, os.path.basename(named))):
+            if tf.io.gfile.exists(prefix + ".index"):
+                return prefix
+        stale = (f" (its '{STATE_FILE}' file names {named}, which does "
                  "not exist)")
     found = sorted(tf.io.gfile.glob(os.path.join(directory, "*.index")))
     if len(found) == 1:
@@ -166,7 +170,7 @@ def _prefix_in_directory(directory: str) -> str:
     raise CheckpointError(
         f"{directory} holds {len(found)} checkpoints "
         f"({', '.join(os.path.basename(c)[:-6] for c in found)}) and no "
-        f"'{_STATE_FILE}' file selecting one{stale}; pass a prefix instead")
+        f"'{STATE_FILE}' file selecting one{stale}; pass a prefix instead")
 
 
 def _read_source(reader: Any) -> _Source:
@@ -386,7 +390,7 @@ def _write_state_file(directory: str, name: str,
     names = [*kept, name][-max_to_keep if max_to_keep else 0:]
     lines = [f'model_checkpoint_path: "{name}"'] + [
         f'all_model_checkpoint_paths: "{n}"' for n in names]
-    target = os.path.join(directory, _STATE_FILE)
+    target = os.path.join(directory, STATE_FILE)
     temp = f"{target}.tmp-{os.getpid()}"
     with tf.io.gfile.GFile(temp, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -28,7 +28,9 @@ variable the endpoints read: TF Serving and ``saved_model_cli`` load it with
 the session-based loader, which a bare ``tf.Module`` around a Keras 3 model
 breaks. ``config.yaml`` and ``label_map.yaml`` go to ``assets.extra/``, the
 SavedModel directory for files the graph does not read, so the directory is
-self-describing and every SavedModel tool still accepts it.
+self-describing and every SavedModel tool still accepts it. Beside them
+the export writes ``<model_name>_frozen.pb`` (``serving_default`` frozen), where
+automl's ``--runmode=saved_model`` puts it and its users look for it.
 """
 from __future__ import annotations
 
@@ -191,7 +193,8 @@ def export_saved_model(model: keras.Model, config: Config,
                        export_dir: str | os.PathLike,
                        batch_size: int | None = None) -> str:
     """Writes the SavedModel (all three signatures) plus ``config.yaml`` and
-    ``label_map.yaml`` in ``assets.extra/`` to ``export_dir``.
+    ``label_map.yaml`` in ``assets.extra/`` and the frozen ``serving_default``
+    as ``<model_name>_frozen.pb`` to ``export_dir``.
 
     Written to a sibling temporary directory and renamed into place, so an
     interrupted export never leaves a half-written model where a server
@@ -201,14 +204,15 @@ def export_saved_model(model: keras.Model, config: Config,
     target = os.path.abspath(os.fspath(export_dir))
     _check_replaceable(target)
     archive = new_archive(model)
-    for name, (fn, spec) in ServingGraph(model, config,
-                                         batch_size).endpoints().items():
+    serving = ServingGraph(model, config, batch_size)
+    for name, (fn, spec) in serving.endpoints().items():
         archive.add_endpoint(name, fn, spec)
     staging = f"{target}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         archive.write_out(staging, options=SAVE_OPTIONS, verbose=False)
         write_metadata(config, os.path.join(staging, METADATA_DIR))
+        _write_frozen(serving, os.path.join(staging, frozen_graph_name(config)))
         _publish(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -278,29 +282,83 @@ class FrozenGraph:
     outputs: dict[str, str]  # signature output name -> graph tensor name
 
 
+def frozen_graph_name(config: Config) -> str:
+    """automl's file name for a frozen graph: ``<model_name>_frozen.pb``."""
+    return f"{config.name}_frozen.pb"
+
+
 def freeze_graph(model: keras.Model, config: Config,
                  path: str | os.PathLike, batch_size: int | None = None,
                  signature: str = SERVING_DEFAULT) -> FrozenGraph:
     """Writes ``signature``'s computation as a frozen GraphDef (variables
     folded into constants, control flow lowered to TF1 ops) for runtimes
     that take a ``.pb`` (TF1 ``Session``, TF-TRT, older converters)."""
+    return _write_frozen(ServingGraph(model, config, batch_size), path,
+                         signature)
+
+
+def _write_frozen(serving: ServingGraph, path: str | os.PathLike,
+                  signature: str = SERVING_DEFAULT) -> FrozenGraph:
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2)
-    functions = ServingGraph(model, config, batch_size).functions()
+    functions = serving.functions()
     if signature not in functions:
         raise ExportError(f"unknown signature {signature!r}; one of "
                           f"{', '.join(functions)}")
     concrete = functions[signature].get_concrete_function()
     frozen = convert_variables_to_constants_v2(concrete)
-    # Both sides list outputs in tf.nest order: the dict's sorted keys.
-    outputs = {name: tensor.name for name, tensor in zip(
-        sorted(concrete.structured_outputs), frozen.outputs)}
+    graph_def = frozen.graph.as_graph_def()
+    taken = {node.name for node in graph_def.node}
+    # The function's outputs are anonymous Identity ops; an extra Identity
+    # per output, named after it, lets a client fetch "detection_boxes:0"
+    # without knowing the order. Both sides list outputs in tf.nest order:
+    # the dict's sorted keys.
+    outputs = {}
+    for name, tensor in zip(sorted(concrete.structured_outputs), frozen.outputs):
+        if name in taken:
+            raise ExportError(f"cannot name the frozen output {name!r}: the "
+                              "graph already has a node of that name")
+        node = graph_def.node.add(name=name, op="Identity")
+        node.input.append(tensor.op.name if tensor.value_index == 0
+                          else f"{tensor.op.name}:{tensor.value_index}")
+        node.attr["T"].type = tensor.dtype.as_datatype_enum
+        outputs[name] = f"{name}:0"
     inputs = {spec.name: tensor.name for spec, tensor in zip(
         concrete.structured_input_signature[0], frozen.inputs)}
     target = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     temp = f"{target}.tmp-{os.getpid()}"
     with open(temp, "wb") as f:
-        f.write(frozen.graph.as_graph_def().SerializeToString())
+        f.write(graph_def.SerializeToString())
     os.replace(temp, target)
     return FrozenGraph(target, inputs, outputs)
+
+
+def load_frozen_graph(path: str | os.PathLike
+                      ) -> tuple[Callable[[Any], dict[str, tf.Tensor]], int | None]:
+    """A frozen ``serving_default`` (:func:`freeze_graph`) as a function
+    (uint8 images ``[B, h, w, 3]`` -> the :data:`OUTPUT_KEYS` tensors) and
+    its fixed batch size (None when dynamic)."""
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        with open(path, "rb") as f:
+            graph_def.ParseFromString(f.read())
+    except Exception as err:  # protobuf's DecodeError has no public home
+        raise ExportError(f"{path} is not a frozen GraphDef ({err})") from err
+    names = {node.name for node in graph_def.node}
+    absent = [name for name in ("images", *OUTPUT_KEYS) if name not in names]
+    if absent:
+        raise ExportError(
+            f"{path} has no node(s) {', '.join(absent)}: not a frozen "
+            "serving_default written by efficientdet_tf (re-export it with "
+            "--runmode=saved_model or --runmode=freeze)")
+
+    def imported() -> None:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    wrapped = tf.compat.v1.wrap_function(imported, [])
+    element = wrapped.graph.as_graph_element
+    images = element("images:0")
+    pruned = wrapped.prune(images,
+                           {name: element(f"{name}:0") for name in OUTPUT_KEYS})
+    return (lambda images: pruned(tf.convert_to_tensor(images, tf.uint8)),
+            images.shape[0])

@@ -27,8 +27,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from efficientdet_tf.export import (OUTPUT_KEYS, SERVING_BYTES,
-                                    ServingGraph, read_metadata)
+from efficientdet_tf.config import Config
+from efficientdet_tf.export import (METADATA_DIR, OUTPUT_KEYS, SERVING_BYTES,
+                                    ServingGraph, load_frozen_graph,
+                                    read_metadata)
 from efficientdet_tf.profiling import Latency
 from efficientdet_tf.visualize import class_name, draw_detections
 
@@ -86,6 +88,43 @@ class SavedModelDetector:
         outputs = self.signatures[SERVING_BYTES](
             image_bytes=tf.constant(list(image_bytes), tf.string))
         return {k: outputs[k].numpy() for k in OUTPUT_KEYS}
+
+
+class FrozenGraphDetector:
+    """A frozen ``serving_default`` (``<model_name>_frozen.pb``). It takes
+    pixels of one size per call, so images go through it one at a time
+    (repeated to the graph's batch when that is fixed)."""
+
+    batch_size = None  # run_inference need not pad: images go one by one
+
+    def __init__(self, path: str, config: Config, label_map: dict[int, str]):
+        if not os.path.isfile(path):
+            raise InferenceError(f"no frozen graph file at {path}")
+        self.config, self.label_map = config, label_map
+        self.function, self.graph_batch = load_frozen_graph(path)
+
+    def detect_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 ``[B, h, w, 3]`` (the graph's batch when fixed)."""
+        return {k: v.numpy() for k, v in self.function(images).items()}
+
+    def detect_bytes(self, image_bytes: Sequence[bytes]
+                     ) -> dict[str, np.ndarray]:
+        rows = []
+        for data in image_bytes:
+            image = tf.io.decode_image(data, channels=3,
+                                       expand_animations=False).numpy()
+            batch = np.repeat(image[None], self.graph_batch or 1, axis=0)
+            rows.append({k: v[:1] for k, v in self.detect_images(batch).items()})
+        return {k: np.concatenate([row[k] for row in rows]) for k in OUTPUT_KEYS}
+
+
+def export_config_near(path: str) -> tuple[Config, dict[int, str]] | None:
+    """The config and label map of the SavedModel a frozen graph sits in
+    (``--runmode=saved_model`` writes both), or None when it has none."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(os.path.join(folder, METADATA_DIR)):
+        return None
+    return read_metadata(folder)
 
 
 class GraphDetector:

@@ -3,7 +3,7 @@
 Evaluation itself is :func:`efficientdet_tf.evaluate.evaluate`, imported
 only when a run evaluates, so training needs neither pycocotools nor the
 evaluation code. Every evaluation writes ``model_dir/eval`` (results JSON,
-TensorBoard) and offers its weights to ``model_dir/best`` (kept when its
+TensorBoard) and offers its weights to ``model_dir/archive`` (kept when its
 AP is the best so far).
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def resolve_config(model_name: str, hparams: str | None,
 
 class Evaluator:
     """Evaluates into ``model_dir/eval`` (one TensorBoard writer for the
-    whole run) and keeps the best weights in ``model_dir/best``."""
+    whole run) and keeps the best weights in ``model_dir/archive``."""
 
     def __init__(self, model_dir: str, options: EvalOptions, stream: TextIO):
         try:
@@ -67,7 +67,7 @@ class Evaluator:
     def __call__(self, model: keras.Model, config: Config, step: int
                  ) -> dict[str, float]:
         """COCO metrics of the model's current weights at ``step``; they go
-        to best/ when their AP is the best so far."""
+        to archive/ when their AP is the best so far."""
         metrics = self._evaluate(
             model, config, self.options.file_pattern,
             val_json_file=self.options.val_json_file,

@@ -5,8 +5,8 @@ Layout::
     model_dir/config.yaml        the config of the run (checked on restart)
     model_dir/checkpoint         state file naming the newest ckpt-N
     model_dir/ckpt-N.{index,data-*}   the last --keep_checkpoint_max states
-    model_dir/best/ckpt-N.*      the weights with the best eval AP so far
-    model_dir/best/best_eval.json     its step and metrics
+    model_dir/archive/ckpt-N.*   the weights with the best eval AP so far
+    model_dir/archive/best_eval.json  its step and metrics
     model_dir/train/, eval/      TensorBoard summaries
 
 A training checkpoint is a native one (:func:`~efficientdet_tf.checkpoint.save_native`)
@@ -47,7 +47,9 @@ from efficientdet_tf.ema import WeightAverage
 _LOG = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
-BEST_DIR = "best"
+# automl's name for the best-eval checkpoint folder: its users export with
+# --ckpt_path=<model_dir>/archive/.
+BEST_DIR = "archive"
 BEST_FILE = "best_eval.json"
 BEST_METRIC = "AP"
 STEP_KEY = "train_state/step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -91,18 +93,23 @@ def prepare_model_dir(model_dir: str, config: Config, write: bool = True) -> Non
 
 
 def latest_checkpoint(directory: str) -> str | None:
-    """The newest checkpoint prefix in ``directory``, or None."""
+    """The newest checkpoint prefix in ``directory``, or None when it holds
+    none at all (a fresh run).
+
+    A directory that holds checkpoints but cannot be resolved raises the
+    :class:`~efficientdet_tf.checkpoint.CheckpointError` instead: read as
+    "no checkpoint", it would restart a killed run at step 0 and overwrite
+    its work."""
     if not tf.io.gfile.isdir(directory):
         return None
-    try:
-        return ckpt_lib.resolve_checkpoint(directory)
-    except ckpt_lib.CheckpointError:
-        return None
+    holds = (tf.io.gfile.glob(os.path.join(directory, "*.index"))
+             or tf.io.gfile.exists(os.path.join(directory, ckpt_lib.STATE_FILE)))
+    return ckpt_lib.resolve_checkpoint(directory) if holds else None
 
 
 def checkpoint_steps(prefix: str) -> tuple[int, int | None]:
     """(step, total steps of its run) stored in a training checkpoint; a
-    checkpoint without them (converted, or best/) counts as step 0."""
+    checkpoint without them (converted, or archive/) counts as step 0."""
     reader = tf.train.load_checkpoint(prefix)
     keys = reader.get_variable_to_shape_map()
     step = int(reader.get_tensor(STEP_KEY)) if STEP_KEY in keys else 0
@@ -182,7 +189,7 @@ class TrainState:
 
 
 class BestKeeper:
-    """Keeps the weights with the highest eval AP in ``model_dir/best``."""
+    """Keeps the weights with the highest eval AP in ``model_dir/archive``."""
 
     def __init__(self, model_dir: str):
         self.directory = os.path.join(model_dir, BEST_DIR)

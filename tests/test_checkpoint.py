@@ -210,6 +210,29 @@ def test_directory_paths(d0_dir, tmp_path):
     assert ckpt_lib.resolve_checkpoint(folder) == str(folder / "other")
 
 
+def write_stub_checkpoints(folder: pathlib.Path, names: list[str]) -> None:
+    """Tiny checkpoints plus a state file naming the last one, relative to
+    ``folder`` as ``save_native`` writes it: path resolution reads only
+    the state file and the ``.index`` files."""
+    for name in names:
+        tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(folder / name))
+    (folder / "checkpoint").write_text(
+        f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
+            f'all_model_checkpoint_paths: "{n}"\n' for n in names))
+
+
+def test_relative_directory_with_several_checkpoints(tmp_path, monkeypatch):
+    """The state file's entries are relative to the folder: a relative
+    folder must not be joined onto them twice (demo.sh's export failed)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    write_stub_checkpoints(tmp_path / "run" / "model", ["ckpt-1", "ckpt-2"])
+    assert ckpt_lib.resolve_checkpoint("run/model") == os.path.join(
+        "run", "model", "ckpt-2")
+    assert ckpt_lib.resolve_checkpoint("run/model/") == os.path.join(
+        "run", "model", "ckpt-2")
+
+
 def test_missing_paths_are_named(d0_model, tmp_path):
     with pytest.raises(ckpt_lib.CheckpointError,
                        match=f"no checkpoint at {tmp_path / 'nope'}"):

@@ -20,7 +20,7 @@ from efficientdet_tf.export import (CONFIG_FILE, LABEL_MAP_FILE, METADATA_DIR,
                                     OUTPUT_KEYS, PREDICT, SERVING_BYTES,
                                     SERVING_DEFAULT, ExportError, ServingGraph,
                                     export_saved_model, freeze_graph,
-                                    read_metadata)
+                                    load_frozen_graph, read_metadata)
 
 from serving_helpers import (box_iou, fixture_dir, png_bytes, run_cli,
                              run_python, sample_images, small_export,
@@ -81,6 +81,8 @@ def test_layout_signatures_and_metadata(export_dir, model_and_config):
     read_config, label_map = read_metadata(export_dir)
     assert read_config.as_dict() == config.as_dict()
     assert label_map == {1: "cat", 2: "dog", 3: "bird"}
+    # automl's saved_model runmode writes the frozen graph beside it.
+    assert (export_dir / f"{config.name}_frozen.pb").is_file()
     assert not list(export_dir.parent.glob("*.partial-*"))
     signatures = tf.saved_model.load(str(export_dir)).signatures
     assert set(signatures) == {SERVING_DEFAULT, SERVING_BYTES, PREDICT}
@@ -193,16 +195,28 @@ def test_frozen_graph_runs_like_the_serving_function(model_and_config, images,
     graph_def = tf.compat.v1.GraphDef.FromString(
         pathlib.Path(frozen.path).read_bytes())
     assert not [n.op for n in graph_def.node if "Variable" in n.op]
+    # Outputs are fetched by name, as a TF1 client would.
+    assert frozen.inputs == {"images": "images:0"}
+    assert frozen.outputs == {k: f"{k}:0" for k in OUTPUT_KEYS}
 
     def imported():
         tf.compat.v1.import_graph_def(graph_def, name="")
     wrapped = tf.compat.v1.wrap_function(imported, [])
     element = wrapped.graph.as_graph_element
-    names = sorted(frozen.outputs)
     fn = wrapped.prune(element(frozen.inputs["images"]),
-                       [element(frozen.outputs[k]) for k in names])
-    ours = dict(zip(names, (v.numpy() for v in fn(tf.constant(images["a"])))))
+                       {k: element(v) for k, v in frozen.outputs.items()})
+    ours = {k: v.numpy() for k, v in fn(tf.constant(images["a"])).items()}
     assert_same_detections(ours, in_process["a_images"], box_scale=400.0)
+    run, batch = load_frozen_graph(frozen.path)
+    assert batch is None
+    loaded = {k: v.numpy() for k, v in run(images["a"]).items()}
+    assert_same_detections(loaded, in_process["a_images"], box_scale=400.0)
+
+
+def test_a_pb_that_is_not_our_frozen_graph_is_named(tmp_path):
+    (tmp_path / "junk.pb").write_bytes(b"\x00not a graph")
+    with pytest.raises(ExportError, match="junk.pb"):
+        load_frozen_graph(tmp_path / "junk.pb")
 
 
 def test_fixed_batch_size_unrolls_and_agrees(model_and_config, images,

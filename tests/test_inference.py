@@ -92,6 +92,36 @@ def test_saved_model_infer_skips_corrupt_file_and_writes_outputs(
     assert all(len(row["bbox"]) == 4 and row["score"] >= 0.5 for row in coco)
 
 
+def test_frozen_pb_infers_like_its_saved_model(export_dir, image_folder,
+                                              tmp_path):
+    """automl users pass ``<saved_model_dir>/<model_name>_frozen.pb`` as
+    --saved_model_dir; it gives the SavedModel's detections and names."""
+    frozen = next(export_dir.glob("*_frozen.pb"))
+    reports = {}
+    for name, path in (("saved_model", export_dir), ("frozen", frozen)):
+        out = tmp_path / name
+        done = run_cli("--runmode=saved_model_infer",
+                       f"--saved_model_dir={path}",
+                       f"--input_image={image_folder}",
+                       f"--output_image_dir={out}", "--min_score_thresh=0.3")
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports[name] = {pathlib.Path(r["file"]).name: r for r in json.loads(
+            (out / "detections.json").read_text())["images"]}
+    assert sorted(reports["frozen"]) == ["000000000042.jpg", "crop.png",
+                                         "mirror.png"]
+    for file, want in reports["saved_model"].items():
+        got = reports["frozen"][file]
+        assert got["classes"] == want["classes"] and got["names"] == want["names"]
+        assert len(got["scores"]) == len(want["scores"]) > 0
+        np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-4)
+        np.testing.assert_allclose(got["boxes"], want["boxes"], atol=0.05)
+    done = run_cli("--runmode=saved_model_benchmark",
+                   f"--saved_model_dir={frozen}", "--bm_runs=2",
+                   "--warmup_runs=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ms" in done.stdout
+
+
 def test_fixed_batch_pads_and_dynamic_batch_agree(export_dir, image_folder,
                                                   fixtures_dir, tmp_path):
     """One image at a time, two at a time and a fixed-batch in-process

@@ -167,7 +167,7 @@ def test_train_and_eval_then_eval_mode(capsys, records, tmp_path, monkeypatch):
     assert calls == [(2, "val-*", 2), (4, "val-*", 2)]
     assert "best AP so far: 0.2000 at step 2" in out
     assert "at step 4" not in out.split("best AP")[-1]  # 0.1 is no better
-    best = model_dir / "best"
+    best = model_dir / trainer_state.BEST_DIR
     assert '"step": 2' in (best / trainer_state.BEST_FILE).read_text()
     assert len(list(best.glob("ckpt-*.index"))) == 1
 

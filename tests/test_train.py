@@ -186,8 +186,8 @@ def test_ema_differs_and_is_what_gets_evaluated(trained, monkeypatch):
         np.testing.assert_array_equal(variables[name].numpy(),
                                       final[f"model/{name}"], err_msg=name)
 
-    # best/ keeps the weights that were evaluated, for export to load.
-    best = pathlib.Path(model_dir) / "best"
+    # archive/ keeps the weights that were evaluated, for export to load.
+    best = pathlib.Path(model_dir) / trainer_state.BEST_DIR
     assert '"AP": 0.25' in (best / "best_eval.json").read_text()
     assert not evaluator.best.offer(31, {"AP": 0.2}, trainer.model)
     try:
