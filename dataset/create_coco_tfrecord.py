@@ -10,6 +10,13 @@ clipped, zero-area/inverted boxes skipped, unreadable images skipped, non-RGB
 or non-JPEG images re-encoded as RGB JPEG, EXIF rotation applied; the summary
 counts each. An unknown category id is an error naming the image and object.
 Shards appear only when the whole conversion succeeded.
+
+Exports of annotation tools work as they are: a category 0 that no object
+uses (labelme2coco's _background_, Roboflow's project entry) is dropped and
+reported; file_name may carry the export's folders (images/x.jpg) whether
+--image_dir is the export folder or the image folder; CVAT's rotated boxes
+become the upright box around them. Categories numbered from 0 and used
+(Label Studio) need --category_id_offset=1.
 """
 from __future__ import annotations
 
@@ -36,6 +43,13 @@ def build_parser() -> cli.Parser:
     parser.add_argument("--include_masks", action="store_true",
                         help="also store each object's mask (from polygons or "
                         "RLE) as a PNG in image/object/mask")
+    parser.add_argument(
+        "--category_id_offset", type=int, default=0,
+        help="add this to every category id, for exports that number their "
+        "categories from 0 (Label Studio): 1 makes them 1..N, as class ids "
+        "must be (0 is the background). The JSON then no longer matches the "
+        "records' labels: evaluate against ground truth from the records "
+        "(default %(default)s)")
     cli.add_output_flags(parser)
     cli.add_policy_flags(parser)
     return parser
@@ -47,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     return convert_coco(flags.image_dir, flags.object_annotations_file,
                         flags.output_file_prefix, flags.num_shards,
                         flags.include_masks, cli.options_from(flags),
-                        flags.num_threads).summary()
+                        flags.num_threads,
+                        category_id_offset=flags.category_id_offset).summary()
 
 
 if __name__ == "__main__":

@@ -238,8 +238,10 @@ class LabelMap:
         return (f"{where}: object {index} {name!r} is not in label_map "
                 f"(known: {', '.join(self.id_to_name.values())})")
 
-    def known_ids(self) -> str:
-        return ", ".join(f"{i} {n}" for i, n in self.id_to_name.items())
+    def known_ids(self, offset: int = 0) -> str:
+        """``"1 person, 2 car"``; with ``offset``, the ids less it, as a
+        source read with an id offset writes them."""
+        return ", ".join(f"{i - offset} {n}" for i, n in self.id_to_name.items())
 
     def to_yaml(self) -> str:
         """``{id: name}`` YAML, the form hparams' ``label_map`` takes."""
