@@ -3,7 +3,9 @@
 Fixtures (official automl outputs) live outside the repository. Tests find
 them through ``EFFICIENTDET_FIXTURES`` (default ``../shared/fixtures`` next to
 the checkout). On a user's clone they are absent and those tests skip; CI sets
-``EFFICIENTDET_REQUIRE_FIXTURES=1`` so a missing fixture fails instead.
+``EFFICIENTDET_REQUIRE_FIXTURES=1`` so a missing fixture fails instead, and so
+does every other skip (an optional package such as tf2onnx or the TF Serving
+protos missing): in CI no test may skip quietly.
 """
 from __future__ import annotations
 
@@ -15,6 +17,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REQUIRE_ENV = "EFFICIENTDET_REQUIRE_FIXTURES"
+
+
+def _skips_fail() -> bool:
+    return os.environ.get(REQUIRE_ENV) == "1"
+
+
+def _as_failure(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turns a skip into a failure that says why it skipped."""
+    reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else (
+        report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped while {REQUIRE_ENV}=1 (CI): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = (yield).get_result()
+    if report.skipped and _skips_fail() and not hasattr(report, "wasxfail"):
+        _as_failure(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    report = (yield).get_result()  # a module-level importorskip lands here
+    if report.skipped and _skips_fail():
+        _as_failure(report)
 
 
 def fixtures_root() -> pathlib.Path:
@@ -29,9 +58,7 @@ def fixtures_dir() -> pathlib.Path:
     if not (root / "README.md").is_file():
         message = (f"reference fixtures not found at {root} "
                    "(set EFFICIENTDET_FIXTURES to the shared/fixtures folder)")
-        if os.environ.get("EFFICIENTDET_REQUIRE_FIXTURES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(message)  # a failure under CI (pytest_runtest_makereport)
     return root
 
 

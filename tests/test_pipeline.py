@@ -121,7 +121,7 @@ def test_eval_boxes_map_by_image_scale_and_image_matches_export(tmp_path):
     np.testing.assert_array_equal(labels["boxes"][:, 2:], 0.0)
 
     # Same pixels as the export path: normalise, resize, pad.
-    preprocess = pytest.importorskip("efficientdet_tf.preprocess")
+    from efficientdet_tf import preprocess
     for image, record_image in zip(images, (exact, inexact)):
         decoded = tf.io.decode_jpeg(tf.io.encode_jpeg(record_image, quality=95))
         expected, _ = preprocess.preprocess_image(
