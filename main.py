@@ -191,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _run(flags)
     # ValueError covers the library's value checks: ConfigError,
-    # CheckpointError, ModelDirError, StrategyError and e.g. an unknown
-    # optimizer or lr_decay_method.
+    # CheckpointError, ModelDirError, StrategyError, RecordError (class ids
+    # or damaged shards) and e.g. an unknown optimizer or lr_decay_method.
     except (ValueError, TrainingError, RunError, OSError) as err:
         print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ import tensorflow as tf
 from efficientdet_tf import checkpoint as ckpt_lib
 from efficientdet_tf import trainer_state
 from efficientdet_tf.config import Config, get_config
+from efficientdet_tf.data import record_check
 from efficientdet_tf.model import build_model
 from efficientdet_tf.train import Trainer, TrainOptions
 
@@ -89,17 +90,34 @@ def _evaluate_trainer(trainer: Trainer, evaluator: Evaluator) -> None:
             evaluator(trainer.model, trainer.config, trainer.step)
 
 
+def _checked_records(config: Config, training_pattern: str | None,
+                     evaluation: EvalOptions | None) -> dict[str, str]:
+    """Scans the run's records before anything is built, because class ids
+    beyond ``num_classes`` would train silently and a damaged shard would
+    fail only when reached; returns the patterns by what they hold, for
+    :func:`~efficientdet_tf.data.record_check.naming_damaged_files`."""
+    patterns = {"training data": training_pattern,
+                "validation data": evaluation.file_pattern if evaluation else None}
+    patterns = {what: pattern for what, pattern in patterns.items() if pattern}
+    for what, pattern in patterns.items():
+        record_check.check_records(pattern, config, what)
+    return patterns
+
+
 def run_train(config: Config, options: TrainOptions,
               strategy: tf.distribute.Strategy | None = None,
               eval_after_train: EvalOptions | None = None,
               stream: TextIO | None = None) -> Trainer:
     """Trains to the end (resuming when ``model_dir`` holds a checkpoint),
     then evaluates once when ``eval_after_train`` is given."""
-    trainer = Trainer(config, options, strategy, stream)
-    trainer.train()
-    if eval_after_train:
-        _evaluate_trainer(trainer, Evaluator(options.model_dir, eval_after_train,
-                                             trainer.stream))
+    patterns = _checked_records(config, options.training_file_pattern,
+                                eval_after_train)
+    with record_check.naming_damaged_files(patterns):
+        trainer = Trainer(config, options, strategy, stream)
+        trainer.train()
+        if eval_after_train:
+            _evaluate_trainer(trainer, Evaluator(
+                options.model_dir, eval_after_train, trainer.stream))
     return trainer
 
 
@@ -112,12 +130,16 @@ def run_train_and_eval(config: Config, options: TrainOptions,
     A run resumed mid-epoch finishes that epoch first; one resumed exactly
     at an epoch end trains on (that epoch's evaluation is not repeated).
     """
-    trainer = Trainer(config, options, strategy, stream)
-    evaluator = Evaluator(options.model_dir, eval_options, trainer.stream)
-    while trainer.step < trainer.total_steps:
-        epoch_end = (trainer.step // trainer.steps_per_epoch + 1) * trainer.steps_per_epoch
-        trainer.train(until_step=epoch_end)
-        _evaluate_trainer(trainer, evaluator)
+    patterns = _checked_records(config, options.training_file_pattern,
+                                eval_options)
+    with record_check.naming_damaged_files(patterns):
+        trainer = Trainer(config, options, strategy, stream)
+        evaluator = Evaluator(options.model_dir, eval_options, trainer.stream)
+        while trainer.step < trainer.total_steps:
+            epoch_end = ((trainer.step // trainer.steps_per_epoch + 1)
+                         * trainer.steps_per_epoch)
+            trainer.train(until_step=epoch_end)
+            _evaluate_trainer(trainer, evaluator)
     return trainer
 
 
@@ -129,14 +151,26 @@ def run_eval(config: Config, model_dir: str, options: EvalOptions,
     Returns the last metrics."""
     stream = stream or sys.stdout
     trainer_state.prepare_model_dir(model_dir, config, write=False)
-    evaluator = Evaluator(model_dir, options, stream)
-    model = build_model(config)
+    prefix = None
     if not options.timeout:
         prefix = trainer_state.latest_checkpoint(model_dir)
         if prefix is None:
             raise RunError(f"no checkpoint in {model_dir} to evaluate (give "
                            "--eval_timeout to wait for one)")
-        return _evaluate_checkpoint(model, config, prefix, evaluator)
+    patterns = _checked_records(config, None, options)
+    evaluator = Evaluator(model_dir, options, stream)
+    model = build_model(config)
+    with record_check.naming_damaged_files(patterns):
+        if prefix is not None:
+            return _evaluate_checkpoint(model, config, prefix, evaluator)
+        return _evaluate_new_checkpoints(model, config, model_dir, options,
+                                         evaluator)
+
+
+def _evaluate_new_checkpoints(model: keras.Model, config: Config,
+                              model_dir: str, options: EvalOptions,
+                              evaluator: Evaluator) -> dict[str, float]:
+    """Evaluates each checkpoint as it appears (run_eval with a timeout)."""
     metrics: dict[str, float] = {}
     seen = False
     for prefix in tf.train.checkpoints_iterator(model_dir, timeout=options.timeout):
@@ -145,7 +179,7 @@ def run_eval(config: Config, model_dir: str, options: EvalOptions,
             metrics = _evaluate_checkpoint(model, config, prefix, evaluator)
         except ckpt_lib.CheckpointError as err:
             # Training's rotation may delete a checkpoint before we read it.
-            stream.write(f"skipped {prefix}: {err}\n")
+            evaluator.stream.write(f"skipped {prefix}: {err}\n")
             continue
         step, total = trainer_state.checkpoint_steps(prefix)
         if total is not None and step >= total:

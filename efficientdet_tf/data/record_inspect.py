@@ -12,7 +12,6 @@ import collections
 import dataclasses
 import io
 import os
-import re
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -70,6 +69,7 @@ def inspect_records(file_pattern: str, output_dir: str | None = None,
     ``max_records`` > 0 stops early on big sets."""
     import tensorflow as tf
 
+    from efficientdet_tf.data.record_check import tf_error_reason
     from efficientdet_tf.data.tfrecord import decode_example
     files = sorted({f for p in file_pattern.split(",") if p
                     for f in tf.io.gfile.glob(p)})
@@ -93,11 +93,8 @@ def inspect_records(file_pattern: str, output_dir: str | None = None,
                 if max_records and stats.images >= max_records:
                     return stats
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            message = (e.message or str(e)).splitlines()[0]
-            # Drop TF's op-location wrapping around the actual reason.
-            message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", message)
             raise ConversionError(f"{path}: unreadable record or image "
-                                  f"({message})") from None
+                                  f"({tf_error_reason(e)})") from None
     if not stats.images:
         raise ConversionError(f"{file_pattern}: the files hold no records")
     return stats

@@ -16,6 +16,8 @@ import tensorflow as tf
 # Per-object float/int/bytes lists, in the automl key names.
 BBOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin",
              "image/object/bbox/ymax", "image/object/bbox/xmax")
+# The 1-based class id of each object (record_check reads it alone).
+CLASS_LABEL_KEY = "image/object/class/label"
 
 
 @dataclasses.dataclass
@@ -70,7 +72,7 @@ def encode_example(example: Example) -> bytes:
         "image/encoded": _bytes([example.encoded]),
         "image/format": _bytes([example.image_format.encode()]),
         "image/object/class/text": _bytes([t.encode() for t in example.texts]),
-        "image/object/class/label": _ints(example.labels),
+        CLASS_LABEL_KEY: _ints(example.labels),
         "image/object/is_crowd": _ints(example.is_crowd),
         "image/object/area": _floats(example.areas),
     }
@@ -94,7 +96,7 @@ _FEATURES = {
     "image/width": tf.io.FixedLenFeature((), tf.int64, -1),
     "image/filename": tf.io.FixedLenFeature((), tf.string, ""),
     "image/source_id": tf.io.FixedLenFeature((), tf.string, ""),
-    "image/object/class/label": tf.io.VarLenFeature(tf.int64),
+    CLASS_LABEL_KEY: tf.io.VarLenFeature(tf.int64),
     "image/object/class/text": tf.io.VarLenFeature(tf.string),
     "image/object/is_crowd": tf.io.VarLenFeature(tf.int64),
     "image/object/area": tf.io.VarLenFeature(tf.float32),
@@ -117,7 +119,7 @@ def decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
                                expand_animations=False)
     image.set_shape([None, None, 3])
     boxes = tf.stack([dense[key] for key in BBOX_KEYS], axis=-1)
-    classes = tf.cast(dense["image/object/class/label"], tf.int32)
+    classes = tf.cast(dense[CLASS_LABEL_KEY], tf.int32)
     num_boxes = tf.shape(classes)[0]
     is_crowd = tf.cast(dense["image/object/is_crowd"], tf.int32)
     is_crowd = tf.cond(tf.equal(tf.shape(is_crowd)[0], num_boxes),
