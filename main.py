@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--hparams", default="",
          help="config overrides: a YAML file or 'a=1,b.c=2' with automl's "
          "keys, e.g. 'num_classes=3,learning_rate=0.02'; also useful: "
-         "var_freeze_expr (regex of variables to freeze), moving_average_decay "
+         "var_freeze_expr (regex matched from the start of official variable "
+         "names, as automl's re.match: '(efficientnet|fpn_cells)' freezes "
+         "backbone and BiFPN), moving_average_decay "
          "(0: no EMA), mixed_precision, optimizer (sgd, adam, adamw); "
          "image_size strings are automl's WIDTHxHEIGHT ('640x384' is 640 wide)")
     flag("--train_batch_size", type=_positive, default=64,

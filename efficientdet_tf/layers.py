@@ -108,6 +108,22 @@ def recompute_gradient(fn: Callable[[tf.Tensor], tf.Tensor],
     return run(inputs)
 
 
+def spatial_mean(x: tf.Tensor) -> tf.Tensor:
+    """Mean of ``[B, H, W, C]`` over H and W, keeping them as size 1; in
+    ``x``'s dtype but accumulated in float32.
+
+    A float16 ``reduce_mean`` is wrong on large maps: the element count is
+    a float16 too, inf from 65,504 on (the 256x256 maps of a 512 px input's
+    first block), so TensorFlow's CPU kernel returns 0, or NaN once the sum
+    overflows as well, and the gradient is 0; smaller maps lose precision.
+    Under mixed precision the squeeze-and-excitation gates are built from
+    this mean; with frozen batch norms feeding it large activations, a NaN
+    gate makes the loss NaN.
+    """
+    mean = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2], keepdims=True)
+    return tf.cast(mean, x.dtype)
+
+
 def batch_norm(name: str, momentum: float, epsilon: float) -> keras.layers.Layer:
     """A channels-last batch norm with the official momentum/epsilon."""
     return FusedBatchNormalization(

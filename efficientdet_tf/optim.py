@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
-from efficientdet_tf.checkpoint import all_layers
+from efficientdet_tf.checkpoint import all_layers, official_variable_map
 from efficientdet_tf.config import Config, ConfigError
 
 REFERENCE_BATCH = 64  # the global batch automl's learning_rate is tuned for
@@ -125,34 +125,41 @@ def l2_regularization(variables: Sequence[keras.Variable], weight_decay: float) 
         [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in decayed])
 
 
-def trainable_after_freeze(variables: Sequence[keras.Variable],
+def trainable_after_freeze(named: Mapping[str, keras.Variable],
                            var_freeze_expr: str | None) -> list[keras.Variable]:
-    """Variables to train: those whose path does not match ``var_freeze_expr``
-    (e.g. ``(efficientnet|fpn_cells)`` freezes backbone and BiFPN)."""
+    """The variables of ``named`` (official name -> variable, as
+    :func:`~efficientdet_tf.checkpoint.official_variable_map`) to train.
+
+    automl's rule, so its users' expressions freeze the same variables:
+    ``re.match`` against TensorFlow's name, the official name plus ``:0``.
+    The expression is anchored at the start: ``(efficientnet|fpn_cells)``
+    freezes backbone and BiFPN (not ``resample_p6``), ``bn`` freezes nothing
+    and ``.*bn`` every batch norm.
+    """
     if not var_freeze_expr:
-        return list(variables)
-    pattern = re.compile(var_freeze_expr)
-    return [v for v in variables if not pattern.search(v.path)]
+        return list(named.values())
+    try:
+        pattern = re.compile(var_freeze_expr)
+    except re.error as err:
+        raise ConfigError(f"var_freeze_expr {var_freeze_expr!r} is not "
+                          f"a regular expression ({err})") from None
+    return [v for name, v in named.items() if not pattern.match(f"{name}:0")]
 
 
 def freeze_variables(model: keras.Model, var_freeze_expr: str | None
                      ) -> list[keras.Variable]:
-    """The variables to train (:func:`trainable_after_freeze`), and every
-    batch norm all of whose weights match ``var_freeze_expr`` set
+    """The trainable variables left to train (:func:`trainable_after_freeze`),
+    and every batch norm all of whose weights are frozen set
     ``trainable = False``: Keras 3 then normalises with its moving
     statistics and never updates them, so frozen layers stay bit-identical
     (automl keeps updating the statistics of frozen layers)."""
-    if var_freeze_expr:
-        try:
-            pattern = re.compile(var_freeze_expr)
-        except re.error as err:
-            raise ConfigError(f"var_freeze_expr {var_freeze_expr!r} is not "
-                              f"a regular expression ({err})") from None
-        for layer in all_layers(model):
-            if (isinstance(layer, keras.layers.BatchNormalization) and layer.weights
-                    and all(pattern.search(w.path) for w in layer.weights)):
-                layer.trainable = False
-    trainable = trainable_after_freeze(model.trainable_variables, var_freeze_expr)
+    kept = {id(v) for v in trainable_after_freeze(official_variable_map(model),
+                                                  var_freeze_expr)}
+    for layer in all_layers(model):
+        if (isinstance(layer, keras.layers.BatchNormalization) and layer.weights
+                and not any(id(w) in kept for w in layer.weights)):
+            layer.trainable = False
+    trainable = [v for v in model.trainable_variables if id(v) in kept]
     if not trainable:
         raise ConfigError(f"var_freeze_expr {var_freeze_expr!r} freezes "
                           "every variable; nothing would train")

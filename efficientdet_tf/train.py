@@ -27,9 +27,11 @@ With several replicas the batch norms use global-batch statistics
 (:func:`synchronize_batch_norms`), so every worker
 keeps the same moving averages.
 
-``var_freeze_expr`` freezes every variable whose path matches: frozen
-variables get no gradient, no weight decay and no EMA, and the batch norms
-it covers entirely also stop updating their moving statistics
+``var_freeze_expr`` freezes every variable whose official name it matches
+from the start, as automl's ``re.match`` does
+(:func:`~efficientdet_tf.optim.trainable_after_freeze`): frozen variables
+get no gradient, no weight decay and no EMA, and the batch norms it covers
+entirely also stop updating their moving statistics
 (:func:`~efficientdet_tf.optim.freeze_variables`), so frozen really means
 bit-identical.
 """

@@ -7,10 +7,14 @@ import keras
 import numpy as np
 import pytest
 
-from efficientdet_tf.config import get_config
+from conftest import tiny_config
+from efficientdet_tf.checkpoint import all_layers, official_variable_map
+from efficientdet_tf.config import ConfigError, get_config
+from efficientdet_tf.model import build_model
 from efficientdet_tf.optim import (WarmupSchedule, build_optimizer,
-                                   decayed_variables, l2_regularization,
-                                   schedule_spec, trainable_after_freeze)
+                                   decayed_variables, freeze_variables,
+                                   l2_regularization, schedule_spec,
+                                   trainable_after_freeze)
 
 
 def spec_for(global_batch=64, examples=640, **overrides):
@@ -95,7 +99,47 @@ def test_weight_decay_only_on_kernels():
 
 def test_freeze_expression():
     dense, bn = _variables()
-    variables = dense.trainable_weights + bn.trainable_weights
-    kept = trainable_after_freeze(variables, "(bn|nothing)")
+    named = {v.path: v for v in dense.trainable_weights + bn.trainable_weights}
+    kept = trainable_after_freeze(named, "(bn|nothing)")
     assert [v.path for v in kept] == ["dense/kernel", "dense/bias"]
-    assert trainable_after_freeze(variables, None) == variables
+    assert trainable_after_freeze(named, None) == list(named.values())
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        trainable_after_freeze(named, "(bn")
+
+
+def test_freeze_expression_matches_official_names_from_the_start_as_automl():
+    """automl applies ``re.match`` to TensorFlow's variable names (official
+    name + ``:0``). A search anywhere in the Keras paths froze other
+    variables: ``bn`` every batch norm (automl: none), ``.*depthwise_kernel``
+    nothing (the Keras path ends in ``depthwise_conv2d/kernel``)."""
+    model = build_model(tiny_config())
+    named = official_variable_map(model)
+
+    def frozen(var_freeze_expr: str) -> set[str]:
+        kept = {id(v) for v in trainable_after_freeze(named, var_freeze_expr)}
+        return {n for n, v in named.items() if id(v) not in kept}
+
+    def frozen_norms() -> set[str]:
+        return {layer.path for layer in all_layers(model)
+                if isinstance(layer, keras.layers.BatchNormalization)
+                and not layer.trainable}
+
+    assert not frozen("bn")
+    assert len(freeze_variables(model, "bn")) == len(model.trainable_variables)
+    assert not frozen_norms()
+
+    by_norms = frozen(".*bn")
+    assert "class_net/class-0-bn-3/gamma" in by_norms
+    assert all("bn" in n.split("/")[-2] for n in by_norms)
+    depthwise = frozen(".*depthwise_kernel")
+    assert depthwise and all(n.endswith("/depthwise_kernel") for n in depthwise)
+    # The ":0" suffix is part of the name automl matches.
+    assert frozen(".*/bias:0") and not frozen(".*/bias$")
+
+    trained = freeze_variables(model, "(efficientnet|fpn_cells)")
+    assert {n.split("/")[0] for n in frozen("(efficientnet|fpn_cells)")} == {
+        "efficientnet-b0", "fpn_cells"}
+    assert not any(v.path.startswith(("efficientnet", "fpn_cells")) for v in trained)
+    norms = frozen_norms()
+    assert "efficientnet-b0/stem/tpu_batch_normalization" in norms
+    assert not any(n.startswith(("class_net", "box_net")) for n in norms)

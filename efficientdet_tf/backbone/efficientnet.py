@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from efficientdet_tf.layers import (activation, batch_norm, conv_initializer,
                                     dense_initializer, drop_connect,
-                                    recompute_gradient)
+                                    recompute_gradient, spatial_mean)
 
 BLOCK_STRINGS: tuple[str, ...] = (
     "r1_k3_s11_e1_i32_o16_se0.25",
@@ -165,7 +165,7 @@ class SqueezeExcite(keras.layers.Layer):
             kernel_initializer=conv_initializer(), name="conv2d_1")
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        squeezed = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        squeezed = spatial_mean(x)
         gate = self.expand(self._act(self.reduce(squeezed)))
         return tf.sigmoid(gate) * x
 
@@ -291,7 +291,7 @@ class ClassifierHead(ConvBnAct):
             num_classes, kernel_initializer=dense_initializer(), name="dense")
 
     def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x = tf.reduce_mean(super().call(x, training=training), axis=[1, 2])
+        x = tf.squeeze(spatial_mean(super().call(x, training=training)), [1, 2])
         return self.dense(self.dropout(x, training=training))
 
     def get_config(self) -> dict[str, Any]:
