@@ -92,16 +92,17 @@ def _evaluate_trainer(trainer: Trainer, evaluator: Evaluator) -> None:
 
 def _checked_records(config: Config, training_pattern: str | None,
                      evaluation: EvalOptions | None) -> dict[str, str]:
-    """Scans the run's records before anything is built, because class ids
-    beyond ``num_classes`` would train silently and a damaged shard would
-    fail only when reached; returns the patterns by what they hold, for
+    """Scans the validation records before anything is built (the Trainer
+    scans the training ones), because class ids beyond ``num_classes``
+    would be scored silently and a damaged shard would fail only when
+    reached; returns the run's patterns by what they hold, for
     :func:`~efficientdet_tf.data.record_check.naming_damaged_files`."""
+    if evaluation:
+        record_check.check_records(evaluation.file_pattern, config,
+                                   "validation data")
     patterns = {"training data": training_pattern,
                 "validation data": evaluation.file_pattern if evaluation else None}
-    patterns = {what: pattern for what, pattern in patterns.items() if pattern}
-    for what, pattern in patterns.items():
-        record_check.check_records(pattern, config, what)
-    return patterns
+    return {what: pattern for what, pattern in patterns.items() if pattern}
 
 
 def run_train(config: Config, options: TrainOptions,

@@ -53,8 +53,8 @@ import tensorflow as tf
 from efficientdet_tf import checkpoint as ckpt_lib
 from efficientdet_tf import summaries, trainer_state
 from efficientdet_tf.config import Config
-from efficientdet_tf.data.pipeline import (build_dataset, list_record_files,
-                                           targets_from_labels)
+from efficientdet_tf.data import record_check
+from efficientdet_tf.data.pipeline import build_dataset, targets_from_labels
 from efficientdet_tf.ema import WeightAverage, averaged_variables
 from efficientdet_tf.losses import detection_loss
 from efficientdet_tf.model import build_model
@@ -92,29 +92,15 @@ class TrainOptions:
     log_every_steps: int = 10
 
 
-def check_training_files(file_pattern: str, count: bool) -> int:
-    """Checks every training file before anything is built and returns the
-    number of records (with ``count``; else the records seen while checking
-    that each file's first record reads). An empty or unreadable pattern is
-    a :class:`TrainingError` naming it."""
+def check_training_files(file_pattern: str, config: Config) -> int:
+    """Reads every training record once before anything is built
+    (:func:`~efficientdet_tf.data.record_check.check_records`: class ids
+    within ``num_classes``, no damaged shard) and returns their number; a
+    bad pattern is a :class:`TrainingError` naming the file and the fix."""
     try:
-        files = list_record_files(file_pattern)
-    except FileNotFoundError as err:
-        raise TrainingError(f"training data: {err}") from None
-    total = 0
-    for path in files:
-        records = tf.data.TFRecordDataset(path)
-        try:
-            total += int((records if count else records.take(1)).reduce(
-                np.int64(0), lambda n, _: n + 1))
-        except tf.errors.OpError as err:
-            raise TrainingError(
-                f"training data: {path} is not a readable TFRecord file "
-                f"({err.message.splitlines()[0]})") from None
-    if not total:
-        raise TrainingError(f"training data: {file_pattern!r} matches "
-                            f"{len(files)} file(s) but they hold no records")
-    return total
+        return record_check.check_records(file_pattern, config, "training data")
+    except record_check.RecordError as err:
+        raise TrainingError(str(err)) from None
 
 
 def synchronize_batch_norms(model: keras.Model) -> None:
@@ -153,13 +139,12 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.stream = stream or sys.stdout
         self.chief = is_chief(self.strategy)
-        examples = check_training_files(options.training_file_pattern,
-                                        count=not options.num_examples_per_epoch)
+        examples = check_training_files(options.training_file_pattern, config)
         if options.num_examples_per_epoch:
             examples = options.num_examples_per_epoch
         else:
-            self._say(f"{examples} training examples per epoch (counted; "
-                      "--num_examples_per_epoch skips counting)")
+            self._say(f"{examples} training examples per epoch (the records "
+                      "counted; --num_examples_per_epoch sets another epoch)")
         replicas = self.strategy.num_replicas_in_sync
         if options.train_batch_size < 1 or options.train_batch_size % replicas:
             raise TrainingError(f"train_batch_size {options.train_batch_size} "

@@ -346,7 +346,7 @@ def test_bad_training_patterns_fail_before_building(tmp_path, monkeypatch):
     (tmp_path / "broken-0.tfrecord").write_bytes(b"this is not a record file")
     cases = {str(tmp_path / "missing-*.tfrecord"): "no TFRecord files match",
              str(tmp_path / "empty-*.tfrecord"): "hold no records",
-             str(tmp_path / "broken-*.tfrecord"): "is not a readable TFRecord"}
+             str(tmp_path / "broken-*.tfrecord"): "broken-0.tfrecord: record index 0"}
     for pattern, expected in cases.items():
         for count in (None, 10):
             with pytest.raises(TrainingError, match=expected):

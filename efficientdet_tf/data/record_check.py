@@ -57,10 +57,11 @@ def check_records(file_pattern: str, config: Config, what: str) -> int:
     """Reads every record of ``file_pattern`` once and returns their number.
 
     Raises :class:`RecordError`, its message starting with ``what`` (e.g.
-    ``"training data"``), for a pattern matching no file, an unreadable
-    file (named, with the record index and byte offset of the damage), or
-    class ids outside ``1..config.num_classes`` (all such ids, the first
-    file and record holding one, and the settings to change).
+    ``"training data"``), for a pattern matching no file or only empty
+    ones, an unreadable file (named, with the record index and byte offset
+    of the damage), or class ids outside ``1..config.num_classes`` (all
+    such ids, the first file and record holding one, and the settings to
+    change).
     """
     try:
         files = list_record_files(file_pattern)
@@ -73,6 +74,9 @@ def check_records(file_pattern: str, config: Config, what: str) -> int:
             total += _scan_file(path, config.num_classes, found)
         except tf.errors.OpError as err:
             raise RecordError(f"{what}: {_damage_message(path, err)}") from None
+    if not total:
+        raise RecordError(f"{what}: {file_pattern!r} matches {len(files)} "
+                          "file(s) but they hold no records")
     if found.ids:
         raise RecordError(_ids_message(what, found, total, config))
     return total
