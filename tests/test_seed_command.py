@@ -30,12 +30,14 @@ from efficientdet_tf.data.coco import convert_coco
 NUM_CLASSES = 12
 
 
-def write_twelve_class_split(root: pathlib.Path, split: str, count: int,
-                             rng: np.random.Generator) -> pathlib.Path:
+def write_twelve_class_split(images_dir: pathlib.Path, json_path: pathlib.Path,
+                             count: int, rng: np.random.Generator,
+                             prefix: str = "") -> pathlib.Path:
     """``count`` 160x120 JPEGs with 1-3 coloured rectangles of classes
-    ``obj1``..``obj12`` and their COCO JSON; returns the JSON's path."""
-    images_dir = root / split
-    images_dir.mkdir(parents=True)
+    ``obj1``..``obj12`` and their COCO JSON shaped as CVAT's "COCO 1.0"
+    export writes it (``info``/``licenses``, empty supercategories and
+    segmentations, ``attributes`` per object); returns ``json_path``."""
+    images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for image_id in range(1, count + 1):
         pixels = rng.integers(0, 60, size=(120, 160, 3), dtype=np.uint8)
@@ -44,20 +46,28 @@ def write_twelve_class_split(root: pathlib.Path, split: str, count: int,
             w, h = (int(v) for v in rng.integers(20, 60, size=2))
             x, y = int(rng.integers(0, 160 - w)), int(rng.integers(0, 120 - h))
             pixels[y:y + h, x:x + w] = (label * 20, 255 - label * 20, 128)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": label, "bbox": [x, y, w, h],
-                                "area": w * h, "iscrowd": 0})
-        name = f"{split}_{image_id:03d}.jpg"
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id,
+                "category_id": label, "segmentation": [], "area": float(w * h),
+                "bbox": [float(x), float(y), float(w), float(h)], "iscrowd": 0,
+                "attributes": {"occluded": False}})
+        name = f"{prefix}{image_id:03d}.jpg"
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="JPEG")
         (images_dir / name).write_bytes(buffer.getvalue())
-        images.append({"id": image_id, "file_name": name, "width": 160,
-                       "height": 120})
-    categories = [{"id": i, "name": f"obj{i}"} for i in range(1, NUM_CLASSES + 1)]
-    path = root / f"{split}.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": categories}))
-    return path
+        images.append({"id": image_id, "width": 160, "height": 120,
+                       "file_name": name, "license": 0, "flickr_url": "",
+                       "coco_url": "", "date_captured": 0})
+    categories = [{"id": i, "name": f"obj{i}", "supercategory": ""}
+                  for i in range(1, NUM_CLASSES + 1)]
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({
+        "licenses": [{"name": "", "id": 0, "url": ""}],
+        "info": {"contributor": "", "date_created": "", "description": "",
+                 "url": "", "version": "", "year": ""},
+        "categories": categories, "images": images,
+        "annotations": annotations}))
+    return json_path
 
 
 @pytest.mark.slow  # D0 at 512x512 in mixed precision, train then eval
@@ -65,7 +75,9 @@ def test_seed_command_with_wrs_yaml_on_twelve_classes(tmp_path):
     rng = np.random.default_rng(12)
     patterns = {}
     for split, count in (("train", 6), ("val", 3)):
-        annotations = write_twelve_class_split(tmp_path / "data", split, count, rng)
+        annotations = write_twelve_class_split(
+            tmp_path / "data" / split, tmp_path / "data" / f"{split}.json",
+            count, rng, prefix=f"{split}_")
         convert_coco(str(tmp_path / "data" / split), str(annotations),
                      str(tmp_path / "records" / split), num_shards=2,
                      num_threads=1)
