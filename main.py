@@ -151,9 +151,9 @@ def _check_flags(parser: argparse.ArgumentParser, flags: argparse.Namespace) -> 
 
 
 def _run(flags: argparse.Namespace) -> None:
-    from efficientdet_tf import runner
-    from efficientdet_tf.strategy import make_strategy
-    from efficientdet_tf.train import TrainOptions
+    from efficientdet_tf.training import runner
+    from efficientdet_tf.training.strategy import make_strategy
+    from efficientdet_tf.training.trainer import TrainOptions
 
     config = runner.resolve_config(flags.model_name, flags.hparams,
                                    {"num_epochs": flags.num_epochs})
@@ -188,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported only now so that --help and flag errors stay instant.
     import tensorflow as tf
 
-    from efficientdet_tf.runner import RunError
-    from efficientdet_tf.train import TrainingError
+    from efficientdet_tf.training.runner import RunError
+    from efficientdet_tf.training.trainer import TrainingError
     try:
         _run(flags)
     # ValueError covers the library's value checks: ConfigError,

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def convert_ckpt(flags: argparse.Namespace) -> None:
     """Official (or native) checkpoint -> native checkpoint + config.yaml."""
-    from efficientdet_tf.checkpoint import convert_checkpoint
+    from efficientdet_tf.modeling.checkpoint import convert_checkpoint
     prefix, report = convert_checkpoint(flags.model_name, flags.ckpt_path,
                                         flags.model_dir, flags.hparams)
     print(report.summary())
@@ -37,7 +37,7 @@ def convert_ckpt(flags: argparse.Namespace) -> None:
 
 
 def _model(flags: argparse.Namespace):
-    from efficientdet_tf.export import load_model
+    from efficientdet_tf.serving.export import load_model
     model, config, report = load_model(flags.model_name, flags.ckpt_path,
                                        flags.hparams)
     if report:
@@ -49,7 +49,7 @@ def _model(flags: argparse.Namespace):
 
 def saved_model(flags: argparse.Namespace) -> None:
     """Checkpoint -> SavedModel (serving_default, serving_bytes, predict)."""
-    from efficientdet_tf.export import export_saved_model, frozen_graph_name
+    from efficientdet_tf.serving.export import export_saved_model, frozen_graph_name
     model, config = _model(flags)
     path = export_saved_model(model, config, flags.saved_model_dir,
                               flags.batch_size)
@@ -59,7 +59,7 @@ def saved_model(flags: argparse.Namespace) -> None:
 
 
 def _infer(flags: argparse.Namespace, detector) -> None:
-    from efficientdet_tf.inference import list_images, run_inference
+    from efficientdet_tf.serving.inference import list_images, run_inference
     summary = run_inference(
         detector, list_images(flags.input_image),
         batch_size=flags.batch_size or 1,
@@ -77,7 +77,7 @@ def _exported(flags: argparse.Namespace):
     whose config comes from the SavedModel around it, else from
     --model_name and --hparams."""
     from efficientdet_tf.config import get_config
-    from efficientdet_tf.inference import (FrozenGraphDetector,
+    from efficientdet_tf.serving.inference import (FrozenGraphDetector,
                                            SavedModelDetector,
                                            export_config_near)
     path = flags.saved_model_dir
@@ -97,15 +97,15 @@ def saved_model_infer(flags: argparse.Namespace) -> None:
 
 def infer(flags: argparse.Namespace) -> None:
     """Checkpoint over --input_image, in process (no export)."""
-    from efficientdet_tf.export import ServingGraph
-    from efficientdet_tf.inference import GraphDetector
+    from efficientdet_tf.serving.export import ServingGraph
+    from efficientdet_tf.serving.inference import GraphDetector
     model, config = _model(flags)
     _infer(flags, GraphDetector(ServingGraph(model, config)))
 
 
 def freeze(flags: argparse.Namespace) -> None:
     """Checkpoint -> frozen GraphDef of serving_default."""
-    from efficientdet_tf.export import freeze_graph, frozen_graph_name
+    from efficientdet_tf.serving.export import freeze_graph, frozen_graph_name
     model, config = _model(flags)
     frozen = freeze_graph(model, config, os.path.join(
         flags.output_dir, frozen_graph_name(config)), flags.batch_size)
@@ -115,7 +115,7 @@ def freeze(flags: argparse.Namespace) -> None:
 
 def tflite(flags: argparse.Namespace) -> None:
     """Checkpoint -> .tflite files (fp32 / fp16 / int8)."""
-    from efficientdet_tf.tflite_export import check_request, export_tflite
+    from efficientdet_tf.serving.tflite_export import check_request, export_tflite
     quantizations = [q.strip().lower() for q in flags.tflite.split(",")
                      if q.strip()]
     check_request(quantizations, flags.representative_data)
@@ -133,7 +133,7 @@ def onnx(flags: argparse.Namespace) -> None:
     """Checkpoint -> .onnx (NMS included), checked with onnxruntime."""
     import numpy as np
 
-    from efficientdet_tf.onnx_export import OnnxDetector, export_onnx
+    from efficientdet_tf.serving.onnx_export import OnnxDetector, export_onnx
     model, config = _model(flags)
     path = export_onnx(model, config, os.path.join(
         flags.output_dir, f"{config.name}.onnx"), flags.batch_size,
@@ -147,7 +147,7 @@ def onnx(flags: argparse.Namespace) -> None:
 
 def saved_model_benchmark(flags: argparse.Namespace) -> None:
     """End-to-end latency of an exported SavedModel (or frozen graph)."""
-    from efficientdet_tf.inference import FrozenGraphDetector
+    from efficientdet_tf.serving.inference import FrozenGraphDetector
     detector = _exported(flags)
     function = (detector.function if isinstance(detector, FrozenGraphDetector)
                 else detector.signatures["serving_default"])
@@ -156,14 +156,14 @@ def saved_model_benchmark(flags: argparse.Namespace) -> None:
 
 def benchmark(flags: argparse.Namespace) -> None:
     """End-to-end latency of a checkpoint's serving function, in process."""
-    from efficientdet_tf.export import SERVING_DEFAULT, ServingGraph
+    from efficientdet_tf.serving.export import SERVING_DEFAULT, ServingGraph
     model, config = _model(flags)
     _benchmark(flags, ServingGraph(model, config).functions()[SERVING_DEFAULT],
                config)
 
 
 def _benchmark(flags: argparse.Namespace, function, config) -> None:
-    from efficientdet_tf.inference import benchmark_serving
+    from efficientdet_tf.serving.inference import benchmark_serving
     stats = benchmark_serving(function, config.image_size,
                               flags.batch_size or 1, flags.bm_runs,
                               flags.warmup_runs)
@@ -176,7 +176,7 @@ def dry(flags: argparse.Namespace) -> None:
     """Build, one end-to-end forward pass, parameters and FLOPs."""
     import numpy as np
 
-    from efficientdet_tf.export import SERVING_DEFAULT, ServingGraph
+    from efficientdet_tf.serving.export import SERVING_DEFAULT, ServingGraph
     model, config = _model(flags)
     outputs = ServingGraph(model, config).functions()[SERVING_DEFAULT](
         np.zeros((1, *config.image_size, 3), np.uint8))
@@ -184,11 +184,11 @@ def dry(flags: argparse.Namespace) -> None:
           f"forward pass ok, detection_boxes "
           f"{tuple(outputs['detection_boxes'].shape)}")
     try:
-        from efficientdet_tf.profiling import count_flops, count_params
+        from efficientdet_tf.utils.profiling import count_flops, count_params
     except ImportError:
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         print(f"trainable parameters {trainable:,} (FLOPs need "
-              "efficientdet_tf.profiling, not installed)")
+              "efficientdet_tf.utils.profiling, not installed)")
         return
     print(f"trainable parameters {count_params(model):,}, all "
           f"{count_params(model, trainable_only=False):,}; "
@@ -317,10 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported only now so that --help and flag errors stay instant.
     import tensorflow as tf
 
-    from efficientdet_tf.checkpoint import CheckpointError
+    from efficientdet_tf.modeling.checkpoint import CheckpointError
     from efficientdet_tf.config import ConfigError
-    from efficientdet_tf.export import ExportError
-    from efficientdet_tf.inference import InferenceError
+    from efficientdet_tf.serving.export import ExportError
+    from efficientdet_tf.serving.inference import InferenceError
     try:
         runmode.run(flags)
     except (CheckpointError, ConfigError, ExportError, InferenceError,

@@ -32,7 +32,7 @@ setup(
     extras_require={
         # tf2onnx/onnxruntime so CI runs the ONNX export tests (they skip
         # without them). tensorflow-serving-api (TF Serving request protos,
-        # tests/test_export.py) is NOT listed: it requires `tensorflow`, which
+        # tests/serving/test_export.py) is NOT listed: it requires `tensorflow`, which
         # pip would install beside tensorflow-cpu; install it with
         # `pip install --no-deps tensorflow-serving-api` (its test skips
         # without it).

@@ -23,9 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from efficientdet_tf import checkpoint  # noqa: E402
+from efficientdet_tf.modeling import checkpoint  # noqa: E402
 from efficientdet_tf.config import get_config  # noqa: E402
-from efficientdet_tf.model import build_model  # noqa: E402
+from efficientdet_tf.modeling.model import build_model  # noqa: E402
 
 
 def median_seconds(model, path: str, runs: int) -> float:

@@ -25,9 +25,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from efficientdet_tf.config import ConfigError  # noqa: E402
-from efficientdet_tf.export import (SERVING_BYTES, SERVING_DEFAULT,  # noqa: E402
+from efficientdet_tf.serving.export import (SERVING_BYTES, SERVING_DEFAULT,  # noqa: E402
                                     export_saved_model, load_model)
-from efficientdet_tf.inference import benchmark_serving, time_calls  # noqa: E402
+from efficientdet_tf.serving.inference import benchmark_serving, time_calls  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

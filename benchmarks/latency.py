@@ -39,14 +39,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from efficientdet_tf.config import Config, ConfigError, get_config  # noqa: E402
-from efficientdet_tf.data.demo import make_demo_dataset  # noqa: E402
-from efficientdet_tf.export import (SERVING_DEFAULT,  # noqa: E402
+from efficientdet_tf.datasets.demo import make_demo_dataset  # noqa: E402
+from efficientdet_tf.serving.export import (SERVING_DEFAULT,  # noqa: E402
                                     export_saved_model)
-from efficientdet_tf.inference import benchmark_serving, time_calls  # noqa: E402
-from efficientdet_tf.model import build_model  # noqa: E402
-from efficientdet_tf.profiling import (Latency, count_flops,  # noqa: E402
+from efficientdet_tf.serving.inference import benchmark_serving, time_calls  # noqa: E402
+from efficientdet_tf.modeling.model import build_model  # noqa: E402
+from efficientdet_tf.utils.profiling import (Latency, count_flops,  # noqa: E402
                                        measure_latency, network_stages)
-from efficientdet_tf.tflite_export import (TFLiteDetector,  # noqa: E402
+from efficientdet_tf.serving.tflite_export import (TFLiteDetector,  # noqa: E402
                                            export_tflite, letterbox)
 
 JIT_MODES = {"off": False, "on": True}

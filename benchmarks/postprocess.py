@@ -29,9 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from efficientdet_tf.anchors import anchor_boxes, decode_boxes  # noqa: E402
+from efficientdet_tf.ops.anchors import anchor_boxes, decode_boxes  # noqa: E402
 from efficientdet_tf.config import ConfigError, get_config  # noqa: E402
-from efficientdet_tf.postprocess import (NmsSettings, postprocess,  # noqa: E402
+from efficientdet_tf.ops.postprocess import (NmsSettings, postprocess,  # noqa: E402
                                          select_candidates)
 
 METHODS = ("hard", "gaussian")

@@ -6,7 +6,7 @@
     PYTHONPATH=. python benchmarks/train_throughput.py --hparams grad_checkpoint=true
 
 Writes synthetic COCO-like records (``input_pipeline.write_records``), then
-drives :class:`efficientdet_tf.train.Trainer` exactly as ``main.py
+drives :class:`efficientdet_tf.training.trainer.Trainer` exactly as ``main.py
 --mode=train`` does: augmentation and anchor labeling in the input
 pipeline, focal + box loss, L2, clipping, SGD momentum and the EMA update.
 Timing uses the public ``Trainer.train(until_step)``: the first step
@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from efficientdet_tf.config import get_config  # noqa: E402
-from efficientdet_tf.train import Trainer, TrainOptions  # noqa: E402
+from efficientdet_tf.training.trainer import Trainer, TrainOptions  # noqa: E402
 from input_pipeline import write_records  # noqa: E402  (benchmarks/)
 
 OFFICIAL_IMAGES_PER_SECOND = 0.58  # automl on the machine

@@ -26,7 +26,7 @@ from typing import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from efficientdet_tf.data import cli  # noqa: E402
+from efficientdet_tf.datasets import cli  # noqa: E402
 
 PROG = "create_coco_tfrecord.py"
 
@@ -57,7 +57,7 @@ def build_parser() -> cli.Parser:
 
 def main(argv: Sequence[str] | None = None) -> str:
     flags = build_parser().parse_args(argv)
-    from efficientdet_tf.data.coco import convert_coco
+    from efficientdet_tf.datasets.coco import convert_coco
     return convert_coco(flags.image_dir, flags.object_annotations_file,
                         flags.output_file_prefix, flags.num_shards,
                         flags.include_masks, cli.options_from(flags),

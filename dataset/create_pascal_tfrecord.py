@@ -24,7 +24,7 @@ from typing import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from efficientdet_tf.data import cli  # noqa: E402
+from efficientdet_tf.datasets import cli  # noqa: E402
 
 PROG = "create_pascal_tfrecord.py"
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser = build_parser()
     flags = parser.parse_args(argv)
     source = cli.voc_source_from(flags, parser)
-    from efficientdet_tf.data.voc import convert_pascal
+    from efficientdet_tf.datasets.voc import convert_pascal
     return convert_pascal(source, flags.output_path, flags.num_shards,
                           flags.label_map_json_path, cli.options_from(flags),
                           flags.num_threads, flags.output_json_path).summary()

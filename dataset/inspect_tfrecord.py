@@ -17,7 +17,7 @@ from typing import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from efficientdet_tf.data import cli  # noqa: E402
+from efficientdet_tf.datasets import cli  # noqa: E402
 
 PROG = "inspect_tfrecord.py"
 
@@ -40,7 +40,7 @@ def build_parser() -> cli.Parser:
 
 def main(argv: Sequence[str] | None = None) -> str:
     flags = build_parser().parse_args(argv)
-    from efficientdet_tf.data.record_inspect import inspect_records
+    from efficientdet_tf.datasets.record_inspect import inspect_records
     return inspect_records(flags.file_pattern, flags.output_dir,
                            flags.num_samples, flags.max_records).summary()
 

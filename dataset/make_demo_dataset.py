@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from efficientdet_tf.data import cli
+from efficientdet_tf.datasets import cli
 
 PROG = "make_demo_dataset.py"
 
@@ -46,7 +46,7 @@ def build_parser() -> cli.Parser:
 
 def main(argv: Sequence[str] | None = None) -> str:
     flags = build_parser().parse_args(argv)
-    from efficientdet_tf.data.demo import make_demo_dataset
+    from efficientdet_tf.datasets.demo import make_demo_dataset
     return make_demo_dataset(flags.output_dir, flags.num_train, flags.num_val,
                              flags.seed, flags.image_size)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from efficientdet_tf.data import cli
+from efficientdet_tf.datasets import cli
 
 PROG = "voc_to_coco.py"
 
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser = build_parser()
     flags = parser.parse_args(argv)
     source = cli.voc_source_from(flags, parser)
-    from efficientdet_tf.data.voc import write_voc_coco_json
+    from efficientdet_tf.datasets.voc import write_voc_coco_json
     return write_voc_coco_json(source, flags.output_json_path,
                                flags.label_map_json_path,
                                cli.options_from(flags)).summary()

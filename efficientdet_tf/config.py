@@ -4,7 +4,7 @@ The defaults are the official automl EfficientDet defaults and each named model
 is a small diff on them, so a reader sees at a glance what D3 changes from D0.
 Keys use automl's names so a YAML file written for automl loads unchanged.
 
-Override order (see DESIGN.md): defaults -> model preset -> ``--hparams``
+Override order (docs/contracts.md): defaults -> model preset -> ``--hparams``
 (YAML file or ``a=1,b.c=2`` string) -> explicit CLI flags, each step a call to
 :func:`Config.override` that returns a new config (configs are values, never
 mutated globally).

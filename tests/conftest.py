@@ -71,7 +71,7 @@ def tiny_official_model(name: str):
     depend on the image size, and the large presets take seconds to build."""
     if name not in _TINY_MODELS:
         from efficientdet_tf.config import get_config
-        from efficientdet_tf.model import build_model
+        from efficientdet_tf.modeling.model import build_model
         config = get_config(name)
         _TINY_MODELS[name] = build_model(
             config.override({"image_size": 2 ** config.max_level}))

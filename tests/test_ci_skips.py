@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, REQUIRE_ENV
+from tests.conftest import REPO_ROOT, REQUIRE_ENV
 
 SKIPPING = '''
 import pytest

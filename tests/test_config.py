@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from efficientdet_tf.config import (DEFAULTS, PRESETS, ConfigError, get_config,
                                     parse_image_size, parse_overrides)
 
@@ -157,8 +157,8 @@ def test_yaml_round_trip(tmp_path):
     assert dict(loaded) == dict(config)
 
 
-def test_design_md_keys_exist():
-    # A few automl names DESIGN.md promises, so YAML written for automl works.
+def test_automl_keys_exist():
+    # A few automl names, so YAML written for automl works.
     for key in ("num_classes", "label_map", "image_size", "min_level",
                 "max_level", "num_scales", "aspect_ratios", "anchor_scale",
                 "fpn_num_filters", "fpn_cell_repeats", "box_class_repeats",

@@ -2,7 +2,7 @@
 
 These reproduce automl's ``DetectionInputProcessor`` step for step, because
 the official checkpoints were trained (and are evaluated) on exactly this
-input, and the export path (:mod:`efficientdet_tf.preprocess`) does the same
+input, and the export path (:mod:`efficientdet_tf.ops.preprocess`) does the same
 normalise -> resize -> pad:
 
 1. normalise per channel with ``mean_rgb`` / ``stddev_rgb`` on the 0-255

@@ -28,8 +28,8 @@ key                         value                                      pad
 ==========================  =========================================  =====
 
 ``M = config.max_instances_per_image``. :func:`targets_from_labels` turns the
-per-level keys back into the :class:`~efficientdet_tf.anchors.AnchorTargets`
-that :func:`~efficientdet_tf.losses.detection_loss` takes.
+per-level keys back into the :class:`~efficientdet_tf.ops.anchors.AnchorTargets`
+that :func:`~efficientdet_tf.ops.losses.detection_loss` takes.
 
 Anchor targets are computed from every box of the image; only the ``boxes``
 / ``classes`` / ``is_crowd`` lists are cut to ``M``, so a crowded image still
@@ -44,7 +44,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from efficientdet_tf.anchors import AnchorTargets, label_anchors
+from efficientdet_tf.ops.anchors import AnchorTargets, label_anchors
 from efficientdet_tf.config import Config
 from efficientdet_tf.data import augment
 from efficientdet_tf.data.tfrecord import decode_example
@@ -228,7 +228,7 @@ def parse_example(serialized: tf.Tensor, config: Config, *, training: bool,
 def targets_from_labels(labels: dict[str, tf.Tensor],
                         config: Config) -> AnchorTargets:
     """The per-level label keys as the ``AnchorTargets`` that
-    :func:`~efficientdet_tf.losses.detection_loss` takes (batched)."""
+    :func:`~efficientdet_tf.ops.losses.detection_loss` takes (batched)."""
     levels = range(config.min_level, config.max_level + 1)
     return AnchorTargets(
         cls_targets=tuple(labels[f"cls_targets_{l}"] for l in levels),

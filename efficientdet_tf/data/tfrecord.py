@@ -1,4 +1,4 @@
-"""The TFRecord schema (DESIGN.md), compatible with google/automl both ways.
+"""The TFRecord schema (docs/contracts.md), compatible with google/automl both ways.
 
 One place defines the feature keys, so the converters that write records and
 the input pipeline that reads them cannot drift apart. Encoding is plain
@@ -140,5 +140,5 @@ def decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
 
 def shard_path(prefix: str, index: int, num_shards: int) -> str:
-    """``{prefix}-00000-of-00004.tfrecord`` (DESIGN.md shard naming)."""
+    """``{prefix}-00000-of-00004.tfrecord`` (the shard naming automl uses)."""
     return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"

@@ -1,0 +1,122 @@
+"""Flag sets and error handling shared by the ``dataset/*.py`` CLIs.
+
+The CLIs only parse flags and call one library function; what they have in
+common (one-line errors, the bad-annotation policy flags, the two VOC
+layouts) is defined here once so the scripts cannot drift apart. Nothing here
+imports TensorFlow: ``--help`` and flag errors stay instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from efficientdet_tf.datasets.annotations import Options
+from efficientdet_tf.datasets.validation import ConversionError
+
+
+class Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line (exit status 2)."""
+
+    def __init__(self, description: str | None, **kwargs):
+        super().__init__(description=description, allow_abbrev=False,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run(main: Callable[[Sequence[str] | None], str],
+        argv: Sequence[str] | None = None, prog: str = "") -> int:
+    """Runs ``main`` (which returns the summary to print); a
+    :class:`ConversionError` becomes one line on stderr and exit status 1."""
+    try:
+        print(main(argv))
+    except ConversionError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no partial output was kept",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for what to do with unwanted or bad annotations."""
+    parser.add_argument(
+        "--skip_empty", action="store_true",
+        help="drop images that have no objects (after the checks); by default "
+        "they are kept as negatives")
+    parser.add_argument(
+        "--skip_unknown_classes", action="store_true",
+        help="drop objects whose class is not in the label map (counted in the "
+        "summary); by default such an object is an error naming the file and "
+        "the object")
+    parser.add_argument(
+        "--duplicates", choices=("error", "skip"), default="error",
+        help="what to do when two entries name the same image file "
+        "(case-insensitive): 'error' stops and names both, 'skip' keeps the "
+        "first and counts the rest (default %(default)s)")
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--num_shards", type=int, default=1,
+        help="number of output files, {prefix}-00000-of-0000N.tfrecord "
+        "(default %(default)s); record k goes to shard k %% N")
+    parser.add_argument(
+        "--num_threads", type=int, default=None,
+        help="threads that decode and re-encode images (default: the number "
+        "of CPU cores, at most 8); the output does not depend on it")
+
+
+def options_from(flags: argparse.Namespace) -> Options:
+    return Options(skip_empty=flags.skip_empty,
+                   skip_unknown_classes=flags.skip_unknown_classes,
+                   ignore_difficult=getattr(flags, "ignore_difficult_instances",
+                                            False),
+                   duplicates=flags.duplicates)
+
+
+def add_voc_flags(parser: argparse.ArgumentParser) -> None:
+    """The two VOC layouts, the label map and the difficult flag."""
+    devkit = parser.add_argument_group(
+        "VOC devkit layout", "reads {data_dir}/{year}/ImageSets/Main/{set}.txt, "
+        "Annotations/{id}.xml and JPEGImages/")
+    devkit.add_argument("--data_dir", help="the VOCdevkit folder (holding "
+                        "VOC2007/, VOC2012/)")
+    devkit.add_argument("--year", default="VOC2007",
+                        help="VOC2007, VOC2012 (or 2007, 2012), or 'merged' "
+                        "for both (default %(default)s)")
+    devkit.add_argument("--set", dest="split", default="train",
+                        help="image list in ImageSets/Main: train, val, "
+                        "trainval or test (default %(default)s)")
+    folder = parser.add_argument_group(
+        "LabelImg folder layout", "every *.xml in a folder, images found by "
+        "the XML's <filename> (else by the XML's own name)")
+    folder.add_argument("--annotations_dir", help="folder of XML files "
+                        "(used instead of --data_dir)")
+    folder.add_argument("--image_dir", help="folder of the images (default: "
+                        "--annotations_dir, where LabelImg saves the XML)")
+    parser.add_argument(
+        "--label_map_json_path", default=None,
+        help="JSON or YAML label map, {1: person, 2: car} or {person: 1, "
+        "car: 2} (an hparams file with a label_map key works too); without it "
+        "the ids are 1..K for the sorted class names found")
+    parser.add_argument(
+        "--ignore_difficult_instances", action="store_true",
+        help="drop objects marked <difficult>1</difficult> (counted); by "
+        "default they are kept with image/object/difficult = 1")
+
+
+def voc_source_from(flags: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The :class:`~efficientdet_tf.datasets.voc.VocSource` the flags describe."""
+    from efficientdet_tf.datasets.voc import VocSource
+    if bool(flags.data_dir) == bool(flags.annotations_dir):
+        parser.error("give either --data_dir (VOC devkit) or --annotations_dir "
+                     "(folder of XML files)")
+    return VocSource(data_dir=flags.data_dir, year=flags.year,
+                     split=flags.split, annotations_dir=flags.annotations_dir,
+                     image_dir=flags.image_dir)

@@ -1,0 +1,196 @@
+"""A generated detection dataset: coloured shapes on textured backgrounds.
+
+Three classes (circle, square, triangle), 1-4 objects per image, large and
+mostly apart, so a small EfficientDet learns them in minutes on a CPU. Colour
+is drawn independently of the class, so the model has to learn shape.
+
+The same dataset is written in both source formats the converters read:
+
+    output_dir/label_map.yaml            {1: circle, 2: square, 3: triangle}
+    output_dir/{train,val}/images/*.jpg
+    output_dir/{train,val}/annotations.json   (COCO instances)
+    output_dir/{train,val}/xml/*.xml          (LabelImg / VOC)
+
+Every image has its own random generator seeded from ``(seed, split,
+index)`` and nothing depends on time, paths or dict order, so the same seed
+gives byte-identical files (for the same Pillow/libjpeg).
+"""
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import io
+import json
+import os
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from efficientdet_tf.datasets.validation import ConversionError, LabelMap
+from efficientdet_tf.datasets.writer import atomic_write
+
+CLASSES = ("circle", "square", "triangle")
+LABEL_MAP = LabelMap({i: name for i, name in enumerate(CLASSES, start=1)})
+SPLITS = {"train": 0, "val": 1}  # split -> seed component
+REFERENCE_SIZE = 256  # object sizes below are for this image size
+MIN_SIDE, MAX_SIDE = 30, 110
+MAX_OBJECTS = 4
+MAX_COVER = 0.2  # at most this much of either box may lie under another
+JPEG_QUALITY = 95
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One drawn object; ``box`` is ``(xmin, ymin, xmax, ymax)`` in integer
+    pixels, the shape's tight extent (xmax/ymax exclusive)."""
+    label: int
+    box: tuple[int, int, int, int]
+
+    @property
+    def name(self) -> str:
+        return CLASSES[self.label - 1]
+
+
+def _cover(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """The fraction of the smaller box that the other one overlaps: unlike
+    IoU it also stops a small shape from hiding under a large one."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    smaller = min((r[2] - r[0]) * (r[3] - r[1]) for r in (a, b))
+    return w * h / smaller
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Muted colour field + stripes + noise: texture the detector must learn
+    to ignore, desaturated so that the vivid shapes stay distinct."""
+    coarse = rng.uniform(40, 210, size=(4, 4, 3)).astype(np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize(
+        (size, size), Image.Resampling.BILINEAR), dtype=np.float64)
+    gray = field.mean(axis=-1, keepdims=True)
+    field = gray + 0.35 * (field - gray)
+    yy, xx = np.mgrid[0:size, 0:size]
+    angle, period = rng.uniform(0, np.pi), rng.uniform(6, 40)
+    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+    field += rng.uniform(0, 18) * stripes[..., None]
+    field += rng.normal(0, 8, size=field.shape)
+    return np.clip(field, 0, 255).astype(np.uint8)
+
+
+def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.65, 1),
+                                  rng.uniform(0.7, 1))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _shapes(rng: np.random.Generator, size: int) -> list[Shape]:
+    scale = size / REFERENCE_SIZE
+    lo, hi = max(4, round(MIN_SIDE * scale)), max(5, round(MAX_SIDE * scale))
+    shapes: list[Shape] = []
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        label = int(rng.integers(1, len(CLASSES) + 1))
+        for _attempt in range(30):
+            w = int(rng.integers(lo, hi + 1))
+            h = w if label != 3 else int(w * rng.uniform(0.8, 1.1))
+            h = min(h, size)
+            x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+            box = (x, y, x + w, y + h)
+            if all(_cover(box, s.box) <= MAX_COVER for s in shapes):
+                shapes.append(Shape(label, box))
+                break
+    return shapes
+
+
+def _draw(rng: np.random.Generator, size: int) -> tuple[bytes, list[Shape]]:
+    image = Image.fromarray(_background(rng, size))
+    draw = ImageDraw.Draw(image)
+    shapes = _shapes(rng, size)
+    for shape in shapes:
+        x0, y0, x1, y1 = shape.box
+        corners = (x0, y0, x1 - 1, y1 - 1)  # PIL's boxes include the end pixel
+        fill = _colour(rng)
+        if shape.name == "circle":
+            draw.ellipse(corners, fill=fill)
+        elif shape.name == "square":
+            draw.rectangle(corners, fill=fill)
+        else:
+            apex = int(rng.integers(x0, x1))
+            draw.polygon([(x0, y1 - 1), (x1 - 1, y1 - 1), (apex, y0)], fill=fill)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue(), shapes
+
+
+def _labelimg_xml(filename: str, size: int, shapes: list[Shape]) -> str:
+    """The XML LabelImg saves (without its absolute <path>, which would make
+    the files depend on where they were generated)."""
+    root = ElementTree.Element("annotation")
+    for tag, text in (("folder", "images"), ("filename", filename)):
+        ElementTree.SubElement(root, tag).text = text
+    ElementTree.SubElement(ElementTree.SubElement(root, "source"),
+                           "database").text = "efficientdet_tf demo"
+    size_node = ElementTree.SubElement(root, "size")
+    for tag, value in (("width", size), ("height", size), ("depth", 3)):
+        ElementTree.SubElement(size_node, tag).text = str(value)
+    ElementTree.SubElement(root, "segmented").text = "0"
+    for shape in shapes:
+        obj = ElementTree.SubElement(root, "object")
+        for tag, text in (("name", shape.name), ("pose", "Unspecified"),
+                          ("truncated", "0"), ("difficult", "0")):
+            ElementTree.SubElement(obj, tag).text = text
+        box = ElementTree.SubElement(obj, "bndbox")
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), shape.box):
+            ElementTree.SubElement(box, tag).text = str(value)
+    ElementTree.indent(root, space="\t")
+    return ElementTree.tostring(root, encoding="unicode") + "\n"
+
+
+def write_split(output_dir: str, split: str, count: int, seed: int,
+                image_size: int) -> dict[str, int]:
+    """Writes one split's images, COCO JSON and XML; returns per-class box
+    counts."""
+    folder = os.path.join(output_dir, split)
+    images, annotations = [], []
+    counts = {name: 0 for name in CLASSES}
+    for index in range(count):
+        rng = np.random.default_rng([seed, SPLITS[split], index])
+        encoded, shapes = _draw(rng, image_size)
+        filename = f"{split}_{index:05d}.jpg"
+        stem = os.path.splitext(filename)[0]
+        atomic_write(os.path.join(folder, "images", filename), encoded)
+        atomic_write(os.path.join(folder, "xml", f"{stem}.xml"),
+                     _labelimg_xml(filename, image_size, shapes))
+        images.append({"id": index + 1, "file_name": filename,
+                       "width": image_size, "height": image_size})
+        for shape in shapes:
+            x0, y0, x1, y1 = shape.box
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": index + 1,
+                "category_id": shape.label, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "segmentation": []})
+            counts[shape.name] += 1
+    categories = [{"id": i, "name": n, "supercategory": "shape"}
+                  for i, n in LABEL_MAP.id_to_name.items()]
+    atomic_write(os.path.join(folder, "annotations.json"), json.dumps(
+        {"images": images, "annotations": annotations,
+         "categories": categories}, indent=1) + "\n")
+    return counts
+
+
+def make_demo_dataset(output_dir: str, num_train: int = 320, num_val: int = 64,
+                      seed: int = 0, image_size: int = 256) -> str:
+    """Generates both splits and the label map; returns a summary."""
+    if image_size < 64:
+        raise ConversionError(f"--image_size must be at least 64, got {image_size}")
+    if num_train < 1 or num_val < 0:
+        raise ConversionError("--num_train must be at least 1 and --num_val at least 0")
+    atomic_write(os.path.join(output_dir, "label_map.yaml"), LABEL_MAP.to_yaml())
+    lines = [f"demo dataset in {output_dir} (seed {seed}, {image_size}x{image_size})"]
+    for split, count in (("train", num_train), ("val", num_val)):
+        if count:
+            counts = write_split(output_dir, split, count, seed, image_size)
+            boxes = ", ".join(f"{n} {name}s" for name, n in counts.items())
+            lines.append(f"  {split}: {count} images, {boxes}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""``build_model(config)``: EfficientNet -> extra levels -> BiFPN -> heads.
+
+The result is a Keras 3 functional model: normalised float images
+``[B, H, W, 3]`` -> ``(class_outputs, box_outputs)``, lists over levels
+min..max of ``[B, H/2^l, W/2^l, A*num_classes]`` and ``[B, H/2^l, W/2^l, A*4]``
+(docs/contracts.md, "Model I/O"). The batch dimension is dynamic; the spatial size is
+the config's ``image_size``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import keras
+
+from efficientdet_tf.modeling.efficientnet import EfficientNet
+from efficientdet_tf.modeling.bifpn import FPNCells, ResampleFeatureMap
+from efficientdet_tf.config import Config
+from efficientdet_tf.modeling.heads import box_net, class_net
+from efficientdet_tf.ops.levels import feature_sizes
+
+BACKBONE_LEVELS = 5  # EfficientNet yields C1..C5; higher levels are pooled.
+
+
+def num_anchors(config: Config) -> int:
+    """Anchors per location: one per (octave scale, aspect ratio)."""
+    return config.num_scales * len(config.aspect_ratios)
+
+
+def fpn_weight_method(config: Config) -> str:
+    """automl leaves ``fpn_weight_method`` unset for D0-D5: fast attention."""
+    return config.fpn_weight_method or "fastattn"
+
+
+def backbone_survival_prob(config: Config) -> float | None:
+    """automl disables drop-connect for the B0 backbone inside EfficientDet
+    and keeps EfficientNet's default (0.8) for the others."""
+    return None if config.backbone_name.endswith("b0") else 0.8
+
+
+def build_model(config: Config, name: str | None = None) -> keras.Model:
+    """Builds EfficientDet for ``config`` (float32 or ``mixed_float16``)."""
+    if not 1 <= config.min_level <= BACKBONE_LEVELS:
+        raise ValueError(f"min_level must be in 1..{BACKBONE_LEVELS}, got "
+                         f"{config.min_level}")
+    policy = "mixed_float16" if config.mixed_precision else "float32"
+    with _dtype_policy(policy):
+        return _build(config, name or config.name)
+
+
+def _build(config: Config, name: str) -> keras.Model:
+    bn = {"bn_momentum": config.batch_norm_momentum,
+          "bn_epsilon": config.batch_norm_epsilon}
+    sizes = feature_sizes(config.image_size, config.max_level)
+    images = keras.Input((*config.image_size, 3), name="images")
+    endpoints = EfficientNet(
+        config.backbone_name, include_top=False, act_type=config.act_type,
+        survival_prob=backbone_survival_prob(config),
+        grad_checkpoint=bool(config.grad_checkpoint), **bn)(images)
+    feats = list(endpoints[config.min_level - 1:])
+    for level in range(BACKBONE_LEVELS + 1, config.max_level + 1):
+        feats.append(ResampleFeatureMap(
+            sizes[level], config.fpn_num_filters,
+            apply_bn=config.apply_bn_for_resampling,
+            conv_after_downsample=config.conv_after_downsample,
+            name=f"resample_p{level}", **bn)(feats[-1]))
+    cell_config = {
+        "min_level": config.min_level, "max_level": config.max_level,
+        "feat_sizes": sizes, "filters": config.fpn_num_filters,
+        "weight_method": fpn_weight_method(config), "act_type": config.act_type,
+        "node_options": {
+            "separable_conv": config.separable_conv,
+            "conv_bn_act_pattern": config.conv_bn_act_pattern,
+            "apply_bn_for_resampling": config.apply_bn_for_resampling,
+            "conv_after_downsample": config.conv_after_downsample, **bn}}
+    feats = FPNCells(config.fpn_cell_repeats, cell_config)(feats)
+    head = dict(num_anchors=num_anchors(config), filters=config.fpn_num_filters,
+                min_level=config.min_level, max_level=config.max_level,
+                repeats=config.box_class_repeats, act_type=config.act_type,
+                separable_conv=config.separable_conv,
+                survival_prob=config.survival_prob, **bn)
+    class_outputs = class_net(config.num_classes, **head)(feats)
+    box_outputs = box_net(**head)(feats)
+    return keras.Model(images, [class_outputs, box_outputs], name=name)
+
+
+@contextlib.contextmanager
+def _dtype_policy(policy: str) -> Iterator[None]:
+    """Keras sublayers take the global policy at construction; scope it to
+    this build so building one mixed-precision model changes nothing else."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def custom_objects() -> dict[str, Any]:
+    """Layer classes needed by ``keras.Model.from_config``."""
+    from efficientdet_tf.modeling import bifpn, efficientnet, heads
+    return {cls.__name__: cls for cls in (
+        efficientnet.EfficientNet, efficientnet.MBConvBlock,
+        efficientnet.SqueezeExcite, efficientnet.ConvBnAct,
+        efficientnet.ClassifierHead, bifpn.ResampleFeatureMap,
+        bifpn.OpAfterCombine, bifpn.FNode, bifpn.FPNCell, bifpn.FPNCells,
+        heads.HeadNet)}
