@@ -18,6 +18,7 @@ setup(
     name="efficientdet_tf",
     version="0.1.0",
     description="EfficientDet (TF2 / Keras 3) faithful to the official checkpoints",
+    license="Apache-2.0",
     packages=find_packages(include=["efficientdet_tf", "efficientdet_tf.*"]),
     python_requires=">=3.10",
     install_requires=[
@@ -38,5 +39,22 @@ setup(
         # without it).
         "test": ["pytest>=7", "pytest-timeout", "tf2onnx", "onnxruntime"],
         "export": ["tf2onnx", "onnxruntime", "ai-edge-litert"],
+    },
+    # The commands a clone runs as scripts (main.py, model_inspect.py,
+    # dataset/*.py, which call the same functions), so that `pip install`
+    # users have them too.
+    entry_points={
+        "console_scripts": [
+            "efficientdet-train = efficientdet_tf.cli.train:main",
+            "efficientdet-inspect = efficientdet_tf.cli.model_inspect:main",
+            "efficientdet-convert-coco = "
+            "efficientdet_tf.cli.create_coco_tfrecord:main",
+            "efficientdet-convert-voc = "
+            "efficientdet_tf.cli.create_pascal_tfrecord:main",
+            "efficientdet-inspect-records = "
+            "efficientdet_tf.cli.inspect_tfrecord:main",
+            "efficientdet-demo-data = efficientdet_tf.cli.make_demo_dataset:main",
+            "efficientdet-voc-to-coco = efficientdet_tf.cli.voc_to_coco:main",
+        ],
     },
 )

@@ -1,56 +1,10 @@
-"""Convert Pascal VOC or LabelImg XML annotations to sharded TFRecords.
+"""``efficientdet-convert-voc`` run from a clone (see ``--help``).
 
-  # VOC devkit: VOCdevkit/VOC2007/ImageSets/Main/trainval.txt, Annotations/, JPEGImages/
-  python dataset/create_pascal_tfrecord.py --data_dir=VOCdevkit --year=VOC2007 \\
-      --set=trainval --output_path=tfrecord/pascal --num_shards=4
-  # a folder of LabelImg XML files (images beside them, or in --image_dir)
-  python dataset/create_pascal_tfrecord.py --annotations_dir=labels \\
-      --image_dir=images --output_path=tfrecord/train
-
-Writes {output_path}-00000-of-0000N.tfrecord (automl's keys, with difficult,
-truncated and view), {output_path}.json (COCO ground truth for evaluation:
-image ids = the records' source_id, category ids = label ids) and, when the
-label map is derived from the data, {output_path}.label_map.yaml. Boxes past
-the image edge are clipped, zero-area/inverted boxes skipped, unreadable
-images skipped, other formats re-encoded as RGB JPEG, EXIF rotation applied;
-the summary counts each. A class missing from the label map is an error
-naming the file and the object.
+The command is :mod:`efficientdet_tf.cli.create_pascal_tfrecord`; this script only runs it.
 """
-from __future__ import annotations
-
-import os
 import sys
-from typing import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from efficientdet_tf.datasets import cli  # noqa: E402
-
-PROG = "create_pascal_tfrecord.py"
-
-
-def build_parser() -> cli.Parser:
-    parser = cli.Parser(__doc__, prog=PROG)
-    parser.add_argument("--output_path", required=True,
-                        help="path prefix of the shards, e.g. tfrecord/pascal")
-    parser.add_argument("--output_json_path", default=None,
-                        help="where to write the COCO ground truth (default "
-                        "{output_path}.json)")
-    cli.add_voc_flags(parser)
-    cli.add_output_flags(parser)
-    cli.add_policy_flags(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> str:
-    parser = build_parser()
-    flags = parser.parse_args(argv)
-    source = cli.voc_source_from(flags, parser)
-    from efficientdet_tf.datasets.voc import convert_pascal
-    return convert_pascal(source, flags.output_path, flags.num_shards,
-                          flags.label_map_json_path, cli.options_from(flags),
-                          flags.num_threads, flags.output_json_path).summary()
-
+from efficientdet_tf.cli.create_pascal_tfrecord import main
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, prog=PROG))
+    sys.exit(main())

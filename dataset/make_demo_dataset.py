@@ -1,55 +1,10 @@
-"""Generate the demo detection dataset: coloured shapes on textured backgrounds.
+"""``efficientdet-demo-data`` run from a clone (see ``--help``).
 
-  python dataset/make_demo_dataset.py --output_dir=/tmp/shapes
-
-Three classes (1 circle, 2 square, 3 triangle), 1-4 objects per image. Writes
-{output_dir}/label_map.yaml, and for each of train/ and val/: images/*.jpg,
-annotations.json (COCO) and xml/*.xml (LabelImg), so both converters can be
-tried on it:
-
-  python dataset/create_coco_tfrecord.py --image_dir=/tmp/shapes/train/images \\
-      --object_annotations_file=/tmp/shapes/train/annotations.json \\
-      --output_file_prefix=/tmp/shapes/tfrecord/train --num_shards=2
-  python dataset/create_pascal_tfrecord.py --annotations_dir=/tmp/shapes/val/xml \\
-      --image_dir=/tmp/shapes/val/images --output_path=/tmp/shapes/tfrecord/val \\
-      --label_map_json_path=/tmp/shapes/label_map.yaml
-
-The same --seed gives byte-identical files.
+The command is :mod:`efficientdet_tf.cli.make_demo_dataset`; this script only runs it.
 """
-from __future__ import annotations
-
 import sys
-from typing import Sequence
 
-from efficientdet_tf.datasets import cli
-
-PROG = "make_demo_dataset.py"
-
-
-def build_parser() -> cli.Parser:
-    parser = cli.Parser(__doc__, prog=PROG)
-    parser.add_argument("--output_dir", required=True,
-                        help="folder to write into (created if missing)")
-    parser.add_argument("--num_train", type=int, default=320,
-                        help="training images (default %(default)s)")
-    parser.add_argument("--num_val", type=int, default=64,
-                        help="validation images, 0 for none (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="random seed; the same seed gives the same files "
-                        "(default %(default)s)")
-    parser.add_argument("--image_size", type=int, default=256,
-                        help="side of the square images in pixels, at least 64; "
-                        "object sizes (30-110 px at 256) scale with it "
-                        "(default %(default)s)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> str:
-    flags = build_parser().parse_args(argv)
-    from efficientdet_tf.datasets.demo import make_demo_dataset
-    return make_demo_dataset(flags.output_dir, flags.num_train, flags.num_val,
-                             flags.seed, flags.image_size)
-
+from efficientdet_tf.cli.make_demo_dataset import main
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, prog=PROG))
+    sys.exit(main())

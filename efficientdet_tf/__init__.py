@@ -18,6 +18,7 @@ from typing import Any
 # public name -> the module that defines it
 _EXPORTS = {
     "Config": "config", "ConfigError": "config", "get_config": "config",
+    "EfficientDetError": "errors",
     "build_model": "modeling.model",
     "load_weights": "modeling.checkpoint", "save_native": "modeling.checkpoint",
     "official_variable_map": "modeling.checkpoint",

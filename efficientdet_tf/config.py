@@ -8,6 +8,13 @@ Override order (docs/contracts.md): defaults -> model preset -> ``--hparams``
 (YAML file or ``a=1,b.c=2`` string) -> explicit CLI flags, each step a call to
 :func:`Config.override` that returns a new config (configs are values, never
 mutated globally).
+
+A config holds two layers: the *settings* those steps produce, where
+``None`` may stand for one of automl's rules ("fast attention unless the
+model says otherwise"), and the *values* everyone reads, those rules
+resolved once here so no consumer repeats them. YAML holds the settings, so
+a saved config still follows the rules when a later override changes what
+they depend on.
 """
 from __future__ import annotations
 
@@ -20,6 +27,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from efficientdet_tf.errors import EfficientDetError
+from efficientdet_tf.utils.files import atomic_write
+
 _LOG = logging.getLogger(__name__)
 
 IMAGENET_MEAN_RGB = [0.485 * 255, 0.456 * 255, 0.406 * 255]
@@ -28,7 +38,12 @@ IMAGENET_STDDEV_RGB = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 DEFAULTS: dict[str, Any] = {
     "name": "efficientdet-d1",
     "backbone_name": "efficientnet-b1",
+    # {blocks: [EfficientNet block strings]} replacing the seven stages of
+    # B0 (scaled by backbone_name's width and depth); None: the official ones.
     "backbone_config": None,
+    # Drop-connect survival of the last backbone block (decaying from 1 at
+    # the first); None: automl's, 0.8 and none for B0. 1.0 turns it off.
+    "backbone_survival_prob": None,
     "act_type": "swish",
     # Input.
     "image_size": 640,
@@ -50,10 +65,15 @@ DEFAULTS: dict[str, Any] = {
     "aspect_ratios": [1.0, 2.0, 0.5],
     "anchor_scale": 4.0,
     # Network.
+    # The feature network's topology: a name from fpn_topologies.FPN_TOPOLOGIES
+    # (None: "bifpn"), or fpn_config = {nodes: [{feat_level: L,
+    # inputs_offsets: [ids]}, ...], weight_method: optional}, which wins.
     "fpn_name": None,
     "fpn_config": None,
     "fpn_num_filters": 88,
     "fpn_cell_repeats": 4,
+    # How nodes fuse their inputs (fpn_config's weight_method wins, as in
+    # automl); None: "fastattn".
     "fpn_weight_method": None,
     "box_class_repeats": 3,
     "separable_conv": True,
@@ -63,7 +83,6 @@ DEFAULTS: dict[str, Any] = {
     "survival_prob": None,
     "batch_norm_momentum": 0.99,
     "batch_norm_epsilon": 1e-3,
-    "is_training_bn": True,
     "mixed_precision": False,
     # Recompute backbone block activations in the backward pass instead of
     # keeping them: ~40 % less training memory for ~20 % more time.
@@ -83,7 +102,6 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 4e-5,
     "moving_average_decay": 0.9998,
     "var_freeze_expr": None,
-    "skip_mismatch": True,
     "drop_remainder": True,
     # Loss.
     "label_smoothing": 0.0,
@@ -103,7 +121,6 @@ DEFAULTS: dict[str, Any] = {
         "max_output_size": 100,
         "per_class": True,
     },
-    "tflite_max_detections": 100,
 }
 
 # automl keys that configure things this implementation does differently (or
@@ -114,7 +131,19 @@ AUTOML_ONLY_KEYS = frozenset({
     "seg_num_classes", "heads", "positives_momentum", "ckpt_var_scope",
     "model_optimizations", "autoaugment_policy", "grid_mask", "scale_range",
     "target_size", "loss_scale", "use_tpu", "precision", "nms_configs.pyfunc",
+    # Batch norms follow each call's `training` argument, as in Keras.
+    "is_training_bn",
+    # Warm starts (--ckpt) always keep variables whose shapes differ.
+    "skip_mismatch",
+    # TFLite models run the SavedModel's NMS: nms_configs.max_output_size.
+    "tflite_max_detections",
 })
+
+# automl's drop-connect in an EfficientDet backbone: EfficientNet's default,
+# except that the B0 backbone trains without it.
+BACKBONE_SURVIVAL_PROB = 0.8
+DEFAULT_FPN_NAME = "bifpn"
+DEFAULT_FPN_WEIGHT_METHOD = "fastattn"
 
 _LITE_COMMON = {
     "mean_rgb": 127.0,
@@ -162,19 +191,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 _FREE_FORM_KEYS = frozenset({"label_map", "backbone_config", "fpn_config"})
 
 
-class ConfigError(ValueError):
+class ConfigError(EfficientDetError, ValueError):
     """A configuration value or key a user must fix; the message says how."""
 
 
 class Config(Mapping[str, Any]):
     """Read-only hyperparameters with attribute access (``config.num_classes``).
 
-    Derived values (``image_size`` as a (height, width) pair) are normalised
-    once at construction so every consumer sees the same form.
+    Reading gives the resolved values (see the module docstring);
+    ``image_size`` is normalised once to a (height, width) pair so every
+    consumer sees the same form.
     """
 
     def __init__(self, values: Mapping[str, Any]):
-        self._values = _validated(copy.deepcopy(dict(values)))
+        self._settings = _validated(copy.deepcopy(dict(values)))
+        self._values = _resolved(self._settings)
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -196,8 +227,9 @@ class Config(Mapping[str, Any]):
         return f"Config(name={self._values.get('name')!r}, ...)"
 
     def as_dict(self) -> dict[str, Any]:
-        """A deep copy as plain Python data (lists, not tuples) for YAML."""
-        out = copy.deepcopy(self._values)
+        """The settings as plain Python data (lists, not tuples) for YAML:
+        ``Config(config.as_dict())`` equals ``config``."""
+        out = copy.deepcopy(self._settings)
         out["image_size"] = list(out["image_size"])
         return out
 
@@ -212,7 +244,7 @@ class Config(Mapping[str, Any]):
             return self
         if isinstance(overrides, str):
             overrides = parse_overrides(overrides)
-        merged = copy.deepcopy(self._values)
+        merged = copy.deepcopy(self._settings)
         _merge(merged, dict(overrides), prefix="")
         if "image_size" in overrides:
             _check_divisible(parse_image_size(merged["image_size"]),
@@ -221,10 +253,7 @@ class Config(Mapping[str, Any]):
 
     def to_yaml(self, path: str) -> None:
         """Writes the config atomically (temp file + rename)."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            yaml.safe_dump(self.as_dict(), f, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write(path, yaml.safe_dump(self.as_dict(), sort_keys=True))
 
 
 def get_config(model_name: str = "efficientdet-d0",
@@ -322,6 +351,51 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
             _LOG.warning("num_classes=%d but label_map's highest id is %d: "
                          "channels above it are never trained",
                          values["num_classes"], top)
+    _check_architecture_data(values)
+    return values
+
+
+def _check_architecture_data(values: Mapping[str, Any]) -> None:
+    """The free-form architecture keys have the shape their readers expect
+    (their contents are checked where they are built: a bad block string by
+    the backbone, a bad node by the feature network)."""
+    backbone = values.get("backbone_config")
+    if backbone is not None and not (
+            isinstance(backbone, Mapping) and set(backbone) == {"blocks"}
+            and isinstance(backbone["blocks"], list) and backbone["blocks"]
+            and all(isinstance(b, str) for b in backbone["blocks"])):
+        raise ConfigError(f"backbone_config must be {{blocks: [block strings, "
+                          f"e.g. 'r1_k3_s11_e1_i32_o16_se0.25']}}, got {backbone!r}")
+    fpn = values.get("fpn_config")
+    if fpn is not None and not (
+            isinstance(fpn, Mapping) and "nodes" in fpn
+            and set(fpn) <= {"nodes", "weight_method"}
+            and isinstance(fpn["nodes"], list) and fpn["nodes"]):
+        raise ConfigError(f"fpn_config must be {{nodes: [{{feat_level: L, "
+                          f"inputs_offsets: [ids]}}, ...], weight_method: "
+                          f"optional}}, got {fpn!r}")
+    survival = values.get("backbone_survival_prob")
+    if survival is not None and (isinstance(survival, bool) or not isinstance(
+            survival, (int, float)) or not 0.0 < survival <= 1.0):
+        raise ConfigError(f"backbone_survival_prob must be in (0, 1] (1.0: "
+                          f"no drop-connect) or null, got {survival!r}")
+
+
+def _resolved(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The values consumers read: automl's rules applied to ``None``s.
+
+    ``.get``: a config written before a key existed (an export's) has none.
+    """
+    values = copy.deepcopy(dict(settings))
+    fpn_config = settings.get("fpn_config") or {}
+    values["fpn_name"] = settings.get("fpn_name") or DEFAULT_FPN_NAME
+    values["fpn_weight_method"] = (fpn_config.get("weight_method")
+                                   or settings.get("fpn_weight_method")
+                                   or DEFAULT_FPN_WEIGHT_METHOD)
+    survival = settings.get("backbone_survival_prob")
+    if survival is None and not settings["backbone_name"].endswith("-b0"):
+        survival = BACKBONE_SURVIVAL_PROB
+    values["backbone_survival_prob"] = survival
     return values
 
 

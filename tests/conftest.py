@@ -65,9 +65,24 @@ def fixtures_dir() -> pathlib.Path:
 _TINY_MODELS: dict = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_models_after_each_module():
+    """Models, traced functions and their graphs otherwise pile up across the
+    suite's modules (one pytest process): each module's are released when it
+    ends, the tiny official presets included, so the suite's peak memory is
+    that of its largest module rather than their sum."""
+    yield
+    _TINY_MODELS.clear()
+    import gc
+
+    import keras
+    keras.backend.clear_session()
+    gc.collect()
+
+
 def tiny_official_model(name: str):
     """The named preset with 90 classes at the smallest valid image size,
-    built once per test session: parameter counts and variable names do not
+    built once per test module: parameter counts and variable names do not
     depend on the image size, and the large presets take seconds to build."""
     if name not in _TINY_MODELS:
         from efficientdet_tf.config import get_config

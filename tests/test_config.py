@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-from efficientdet_tf.config import (DEFAULTS, PRESETS, ConfigError, get_config,
-                                    parse_image_size, parse_overrides)
+from efficientdet_tf.config import (AUTOML_ONLY_KEYS, DEFAULTS, PRESETS, Config,
+                                    ConfigError, get_config, parse_image_size,
+                                    parse_overrides)
 
 
 def test_defaults_are_official():
@@ -175,3 +177,90 @@ def test_automl_keys_exist():
 def test_attribute_error_suggests():
     with pytest.raises(AttributeError, match="num_classes"):
         get_config("efficientdet-d0").num_clases  # noqa: B018
+
+
+def _package_source_reads(key: str) -> bool:
+    """``key`` is read as ``x.key``, ``x["key"]``, ``x.get("key"``: a name in
+    a list of keys (or the defaults table itself) does not count."""
+    package = REPO_ROOT / "efficientdet_tf"
+    source = "\n".join(path.read_text(encoding="utf-8")
+                       for path in package.rglob("*.py")
+                       if path.name != "config.py")
+    quoted = rf"[\"']{key}[\"']"
+    return any(re.search(pattern, source) for pattern in (
+        rf"\.{key}\b", rf"\[{quoted}\]", rf"get\({quoted}"))
+
+
+def test_every_key_is_read_or_warned_about():
+    """A key nobody reads would tell the user a setting works when it is
+    silently ignored: it belongs in AUTOML_ONLY_KEYS (ignored, with a
+    warning) or it is read by the package."""
+    unread = [f"{key}.{sub}" if sub else key
+              for key, value in DEFAULTS.items()
+              for sub in [None, *(value if isinstance(value, dict) else [])]
+              if not _package_source_reads(sub or key)]
+    assert unread == []
+    assert not AUTOML_ONLY_KEYS & set(DEFAULTS)
+
+
+@pytest.mark.parametrize("key", ["is_training_bn", "skip_mismatch",
+                                 "tflite_max_detections"])
+def test_automl_keys_without_effect_are_warned_about(key, caplog):
+    with caplog.at_level(logging.WARNING):
+        config = get_config("efficientdet-d0", {key: False})
+    assert key in caplog.text and key not in config
+
+
+@pytest.mark.parametrize("name,method", [
+    ("efficientdet-d0", "fastattn"), ("efficientdet-d5", "fastattn"),
+    ("efficientdet-d6", "sum"), ("efficientdet-lite0", "sum")])
+def test_fpn_weight_method_is_resolved(name, method):
+    config = get_config(name)
+    assert config.fpn_weight_method == method
+    assert config.fpn_name == "bifpn"
+
+
+def test_fpn_config_weight_method_wins():
+    nodes = [{"feat_level": 3, "inputs_offsets": [0, 1]},
+             {"feat_level": 4, "inputs_offsets": [1, 2]}]
+    config = get_config("efficientdet-d0", {
+        "min_level": 3, "max_level": 4, "image_size": 128,
+        "fpn_config": {"nodes": nodes, "weight_method": "attn"}})
+    assert config.fpn_weight_method == "attn"
+    assert config.fpn_config["nodes"] == nodes
+
+
+@pytest.mark.parametrize("bad", [
+    [{"feat_level": 3, "inputs_offsets": [0, 1]}], {"nodes": []},
+    {"nodes": [{"feat_level": 3, "inputs_offsets": [0]}], "weights": "sum"}])
+def test_fpn_config_shape_is_checked(bad):
+    with pytest.raises(ConfigError, match="fpn_config must be"):
+        get_config("efficientdet-d0", {"fpn_config": bad})
+
+
+@pytest.mark.parametrize("bad", [
+    ["r1_k3_s11_e1_i32_o16"], {"blocks": []}, {"blocks": [3]},
+    {"blocks": ["r1_k3_s11_e1_i32_o16"], "extra": 1}])
+def test_backbone_config_shape_is_checked(bad):
+    with pytest.raises(ConfigError, match="backbone_config must be"):
+        get_config("efficientdet-d0", {"backbone_config": bad})
+
+
+def test_backbone_survival_prob_follows_automl_and_later_overrides():
+    """automl trains the B0 backbone without drop-connect, the others with
+    survival 0.8; the rule follows a backbone changed by a later override
+    (and a YAML written in between), an explicit value stays."""
+    d0 = get_config("efficientdet-d0")
+    assert d0.backbone_survival_prob is None
+    assert get_config("efficientdet-d1").backbone_survival_prob == 0.8
+    assert get_config("efficientdet-lite0").backbone_survival_prob == 0.8
+    b3 = d0.override({"backbone_name": "efficientnet-b3"})
+    assert b3.backbone_survival_prob == 0.8
+    reloaded = Config(d0.as_dict()).override({"backbone_name": "efficientnet-b3"})
+    assert reloaded.backbone_survival_prob == 0.8
+    assert d0.as_dict()["fpn_weight_method"] is None
+    assert get_config("efficientdet-d1", "backbone_survival_prob=1.0"
+                      ).backbone_survival_prob == 1.0
+    for bad in (0, "high", True):
+        with pytest.raises(ConfigError, match="backbone_survival_prob"):
+            get_config("efficientdet-d1", {"backbone_survival_prob": bad})

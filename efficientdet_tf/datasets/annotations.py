@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from efficientdet_tf.datasets import image_io, validation
 from efficientdet_tf.datasets.validation import LabelMap, Report
+from efficientdet_tf.utils.boxes import coco_bbox
 
 if TYPE_CHECKING:  # the schema module imports TensorFlow; only types here
     from efficientdet_tf.data.tfrecord import Example
@@ -155,11 +156,9 @@ def coco_ground_truth(records: Iterable[ImageRecord],
         images.append({"id": image_id, "file_name": record.filename,
                        "width": record.width, "height": record.height})
         for obj in record.objects:
-            xmin, ymin, xmax, ymax = obj.box
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id,
-                "category_id": obj.label,
-                "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+                "category_id": obj.label, "bbox": coco_bbox(*obj.box),
                 "area": _area(obj), "iscrowd": 0, "ignore": 0,
                 "segmentation": []})
     categories = [{"id": i, "name": name, "supercategory": "none"}

@@ -1,46 +1,24 @@
-"""Flag sets and error handling shared by the ``dataset/*.py`` CLIs.
+"""Flag sets shared by the dataset CLIs (``efficientdet_tf.cli``'s
+converters, inspector and generator).
 
-The CLIs only parse flags and call one library function; what they have in
-common (one-line errors, the bad-annotation policy flags, the two VOC
-layouts) is defined here once so the scripts cannot drift apart. Nothing here
-imports TensorFlow: ``--help`` and flag errors stay instant.
+What the dataset commands have in common (the bad-annotation policy flags,
+the output flags, the two VOC layouts) is defined here once so that the
+commands cannot drift apart. Nothing here imports TensorFlow: ``--help`` and
+flag errors stay instant.
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING
 
+from efficientdet_tf.cli.command import UsageError
 from efficientdet_tf.datasets.annotations import Options
-from efficientdet_tf.datasets.validation import ConversionError
 
+if TYPE_CHECKING:
+    from efficientdet_tf.datasets.voc import VocSource
 
-class Parser(argparse.ArgumentParser):
-    """Reports a usage error as one line (exit status 2)."""
-
-    def __init__(self, description: str | None, **kwargs):
-        super().__init__(description=description, allow_abbrev=False,
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def run(main: Callable[[Sequence[str] | None], str],
-        argv: Sequence[str] | None = None, prog: str = "") -> int:
-    """Runs ``main`` (which returns the summary to print); a
-    :class:`ConversionError` becomes one line on stderr and exit status 1."""
-    try:
-        print(main(argv))
-    except ConversionError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no partial output was kept",
-              file=sys.stderr)
-        return 130
-    return 0
+# What a Ctrl-C leaves of a conversion: shards and JSON are written whole.
+NOTHING_KEPT = "no partial output was kept"
 
 
 def add_policy_flags(parser: argparse.ArgumentParser) -> None:
@@ -111,12 +89,12 @@ def add_voc_flags(parser: argparse.ArgumentParser) -> None:
         "default they are kept with image/object/difficult = 1")
 
 
-def voc_source_from(flags: argparse.Namespace, parser: argparse.ArgumentParser):
-    """The :class:`~efficientdet_tf.datasets.voc.VocSource` the flags describe."""
+def voc_source_from(flags: argparse.Namespace) -> VocSource:
+    """The annotations the flags of :func:`add_voc_flags` point at."""
     from efficientdet_tf.datasets.voc import VocSource
     if bool(flags.data_dir) == bool(flags.annotations_dir):
-        parser.error("give either --data_dir (VOC devkit) or --annotations_dir "
-                     "(folder of XML files)")
+        raise UsageError("give either --data_dir (VOC devkit) or "
+                         "--annotations_dir (folder of XML files)")
     return VocSource(data_dir=flags.data_dir, year=flags.year,
                      split=flags.split, annotations_dir=flags.annotations_dir,
                      image_dir=flags.image_dir)

@@ -30,6 +30,7 @@ from efficientdet_tf.datasets.annotations import (ImageRecord, Options, SourceOb
                                           record_from_image)
 from efficientdet_tf.datasets.validation import ConversionError, LabelMap, Report
 from efficientdet_tf.datasets.writer import Result, write_records
+from efficientdet_tf.utils.boxes import coco_corners
 
 NO_SEGMENTATION = "objects without segmentation (empty mask)"
 ORPHAN = "annotation of an image not in 'images'"
@@ -158,14 +159,13 @@ def _objects(where: str, annotations: list[dict], categories: LabelMap,
                 options.skip_unknown_classes, report)
             continue
         try:
-            x, y, w, h = (float(v) for v in ann["bbox"])
+            box = coco_corners([float(v) for v in ann["bbox"]])
             area = float(ann["area"]) if "area" in ann else None
         except (KeyError, TypeError, ValueError):
             raise ConversionError(
                 f"{obj} needs a 'bbox' of 4 numbers [x, y, width, height] and "
                 f"a numeric 'area', got {ann.get('bbox')!r}, "
                 f"{ann.get('area')!r}") from None
-        box = (x, y, x + w, y + h)
         degrees = _rotation(ann, obj)
         if degrees:
             box = upright_box(box, degrees)

@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from efficientdet_tf.datasets.validation import ConversionError, LabelMap
-from efficientdet_tf.datasets.writer import atomic_write
+from efficientdet_tf.utils.boxes import coco_bbox
+from efficientdet_tf.utils.files import atomic_write
 
 CLASSES = ("circle", "square", "triangle")
 LABEL_MAP = LabelMap({i: name for i, name in enumerate(CLASSES, start=1)})
@@ -165,11 +166,11 @@ def write_split(output_dir: str, split: str, count: int, seed: int,
         images.append({"id": index + 1, "file_name": filename,
                        "width": image_size, "height": image_size})
         for shape in shapes:
-            x0, y0, x1, y1 = shape.box
+            x, y, width, height = coco_bbox(*shape.box)
             annotations.append({
                 "id": len(annotations) + 1, "image_id": index + 1,
-                "category_id": shape.label, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "segmentation": []})
+                "category_id": shape.label, "bbox": [x, y, width, height],
+                "area": width * height, "iscrowd": 0, "segmentation": []})
             counts[shape.name] += 1
     categories = [{"id": i, "name": n, "supercategory": "shape"}
                   for i, n in LABEL_MAP.id_to_name.items()]

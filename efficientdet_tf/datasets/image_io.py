@@ -24,6 +24,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from efficientdet_tf.errors import EfficientDetError
+
 JPEG_QUALITY = 95  # re-encoding loses a little; 95 keeps it below notice
 _ORIENTATION_TAG = 0x0112
 
@@ -31,7 +33,7 @@ MISSING = "missing image"
 CORRUPT = "corrupt or unreadable image"
 
 
-class ImageError(Exception):
+class ImageError(EfficientDetError):
     """An image that cannot be used; ``reason`` is the report key."""
 
     def __init__(self, reason: str, message: str):

@@ -27,6 +27,7 @@ import tensorflow as tf
 from efficientdet_tf.config import Config
 from efficientdet_tf.data.pipeline import list_record_files
 from efficientdet_tf.data.tfrecord import CLASS_LABEL_KEY
+from efficientdet_tf.errors import EfficientDetError
 
 # Records parsed per step of the scan: big enough that tf.data's per-element
 # overhead vanishes next to reading the bytes.
@@ -41,7 +42,7 @@ _TF_WRAPPING = re.compile(r"\{\{.*?\}\}\s*|\s*\[Op:.*$|Error in user-defined "
                           r"function passed to .*? with iterator: \S+ ")
 
 
-class RecordError(ValueError):
+class RecordError(EfficientDetError, ValueError):
     """Records a run cannot use; the message names the file and the fix."""
 
 

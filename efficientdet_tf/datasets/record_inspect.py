@@ -14,14 +14,11 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from efficientdet_tf.datasets.validation import ConversionError
-from efficientdet_tf.datasets.writer import atomic_write
-
-_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48),
-            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60),
-            (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0))
+from efficientdet_tf.utils.files import atomic_write
+from efficientdet_tf.utils.visualize import draw_detections
 
 
 @dataclasses.dataclass
@@ -120,18 +117,15 @@ def _texts(example: dict) -> list[str]:
 
 
 def _draw(example: dict, output_dir: str, index: int) -> str:
-    """The image with each box and ``id name`` in a colour per class."""
-    image = Image.fromarray(example["image"])
-    draw = ImageDraw.Draw(image)
+    """The image with every box, captioned ``id name``: both, so that a
+    label map giving ids the wrong names shows."""
     height, width = example["image"].shape[:2]
-    for box, label, text in zip(example["boxes"], example["classes"],
-                                _texts(example)):
-        colour = _PALETTE[int(label) % len(_PALETTE)]
-        ymin, xmin, ymax, xmax = box * [height, width, height, width]
-        draw.rectangle((xmin, ymin, xmax, ymax), outline=colour, width=2)
-        caption = f"{int(label)} {text}"
-        draw.rectangle(draw.textbbox((xmin, ymin), caption), fill=colour)
-        draw.text((xmin, ymin), caption, fill=(0, 0, 0))
+    boxes = example["boxes"] * [height, width, height, width]
+    captions = {int(label): f"{int(label)} {text}" for label, text in
+                zip(example["classes"], _texts(example))}
+    image = Image.fromarray(draw_detections(
+        example["image"], boxes, example["classes"], label_map=captions,
+        max_boxes=len(boxes), line_width=2))
     name = example["filename"].decode("utf-8", "replace") or "image"
     stem = "".join(c if c.isalnum() or c in "-_" else "_"
                    for c in os.path.splitext(os.path.basename(name))[0])

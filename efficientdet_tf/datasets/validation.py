@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import yaml
 
+from efficientdet_tf.errors import EfficientDetError
+
 T = TypeVar("T")
 
 # Reasons, used as report keys (the summary prints them as they are).
@@ -41,7 +43,7 @@ EMPTY = "no objects (--skip_empty)"
 MAX_WARNINGS_PER_KIND = 10
 
 
-class ConversionError(Exception):
+class ConversionError(EfficientDetError):
     """A problem with the user's input; the CLIs print it as one line."""
 
 

@@ -27,9 +27,8 @@ from efficientdet_tf.datasets.annotations import (ImageRecord, Options, SourceOb
                                           coco_ground_truth, make_record,
                                           record_from_image)
 from efficientdet_tf.datasets.validation import ConversionError, LabelMap, Report
-from efficientdet_tf.datasets.writer import Result, atomic_write, write_records
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from efficientdet_tf.datasets.writer import Result, write_records
+from efficientdet_tf.utils.files import IMAGE_EXTENSIONS, atomic_write
 
 
 @dataclasses.dataclass(frozen=True)

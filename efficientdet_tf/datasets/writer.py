@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import glob
 import os
 import sys
-import time
-from typing import IO, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from efficientdet_tf.datasets.annotations import ImageRecord
 from efficientdet_tf.datasets.validation import ConversionError, Report
+from efficientdet_tf.utils.files import atomic_path
+from efficientdet_tf.utils.progress import CountProgress
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,88 +46,6 @@ class Result:
 
 def default_num_threads() -> int:
     return min(8, os.cpu_count() or 1)
-
-
-def temporary_path(path: str) -> str:
-    """A hidden sibling of ``path``: same file system (so the final rename is
-    atomic) and no match for ``{prefix}*`` or ``*.tfrecord`` patterns."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-
-
-def atomic_write(path: str, data: bytes | str) -> None:
-    """Writes ``path`` via a temporary file and a rename."""
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    temp = temporary_path(path)
-    try:
-        with open(temp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(temp, path)
-    except BaseException:
-        _remove(temp)
-        raise
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-class Progress:
-    """A progress bar on a terminal; plain log lines (every 10%) otherwise,
-    so CI logs and ``> log.txt`` get readable text, not carriage returns.
-    Warnings go to stderr without breaking the bar."""
-
-    def __init__(self, total: int, what: str = "images",
-                 stream: IO[str] | None = None):
-        self.total, self.what = total, what
-        self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty()
-        self.done = 0
-        self.start = self.last_draw = time.monotonic()
-        self.next_log = 0.1
-
-    def update(self) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if self.tty:
-            if now - self.last_draw > 0.1 or self.done == self.total:
-                self.last_draw = now
-                self._draw(now)
-        elif self.total and (self.done / self.total >= self.next_log
-                             or self.done == self.total):
-            while self.next_log <= self.done / self.total:
-                self.next_log += 0.1
-            print(self._status(now), file=self.stream, flush=True)
-
-    def note(self, message: str) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-        if self.tty:
-            self._draw(time.monotonic())
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _status(self, now: float) -> str:
-        rate = self.done / max(now - self.start, 1e-9)
-        percent = 100 * self.done / max(self.total, 1)
-        return (f"{self.done}/{self.total} {self.what} ({percent:.0f}%), "
-                f"{rate:.1f}/s")
-
-    def _draw(self, now: float) -> None:
-        filled = int(30 * self.done / max(self.total, 1))
-        bar = "#" * filled + "." * (30 - filled)
-        self.stream.write(f"\r[{bar}] {self._status(now)}")
-        self.stream.flush()
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T],
@@ -167,8 +87,6 @@ def write_records(items: Sequence[T], build: Build, output_prefix: str,
     if num_shards < 1:
         raise ConversionError(f"--num_shards must be at least 1, got {num_shards}")
     paths = [shard_path(output_prefix, i, num_shards) for i in range(num_shards)]
-    temps = [temporary_path(p) for p in paths]
-    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
 
     def work(item: T) -> tuple[bytes | None, ImageRecord | None, Report]:
         record, item_report = build(item)
@@ -178,21 +96,23 @@ def write_records(items: Sequence[T], build: Build, output_prefix: str,
         record.encoded, record.masks = b"", None  # keep only what on_written needs
         return serialized, record, item_report
 
-    progress = Progress(len(items))
+    progress = CountProgress(len(items))
     written = 0
-    try:
+    # Every shard is renamed into place when the block ends, none if it raises.
+    with contextlib.ExitStack() as shards:
+        temps = [shards.enter_context(atomic_path(p)) for p in paths]
         writers = [tf.io.TFRecordWriter(t) for t in temps]
         try:
-            for serialized, record, item_report in ordered_map(
-                    work, items, num_threads or default_num_threads()):
+            for done, (serialized, record, item_report) in enumerate(ordered_map(
+                    work, items, num_threads or default_num_threads()), 1):
                 for message in report.merge(item_report):
-                    progress.note(message)
+                    progress.message(f"warning: {message}", sys.stderr)
                 if record is not None:
                     writers[written % num_shards].write(serialized)
                     written += 1
                     if on_written:
                         on_written(record)
-                progress.update()
+                progress.update(done)
         finally:
             for writer in writers:
                 writer.close()
@@ -202,12 +122,6 @@ def write_records(items: Sequence[T], build: Build, output_prefix: str,
                                 sorted(report.skipped_images.items()))
             raise ConversionError(f"no images written (of {len(items)}"
                                   f"{': ' + skipped if skipped else ''})")
-        for temp, path in zip(temps, paths):
-            os.replace(temp, path)
-    except BaseException:
-        for temp in temps:
-            _remove(temp)
-        raise
     _warn_stale_shards(output_prefix, paths)
     return paths
 

@@ -30,6 +30,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from efficientdet_tf.utils.boxes import coco_bbox
+
 _LOG = logging.getLogger(__name__)
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -92,12 +94,12 @@ def ground_truth_from_records(images: Iterable[ImageTruth], num_classes: int,
         for box, label, crowd in zip(np.asarray(image.boxes, np.float64),
                                      image.classes, image.is_crowd):
             ymin, xmin, ymax, xmax = (float(v) for v in box)
-            width, height = xmax - xmin, ymax - ymin
+            bbox = coco_bbox(xmin, ymin, xmax, ymax)
             used.add(int(label))
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id,
-                "category_id": int(label), "bbox": [xmin, ymin, width, height],
-                "area": width * height, "iscrowd": int(bool(crowd))})
+                "category_id": int(label), "bbox": bbox,
+                "area": bbox[2] * bbox[3], "iscrowd": int(bool(crowd))})
     names = dict(label_map or {})
     categories = [{"id": i, "name": names.get(i, str(i))}
                   for i in sorted(set(range(1, num_classes + 1)) | used)]
@@ -126,7 +128,7 @@ def detections_to_coco(image_ids: Sequence[int], boxes: Sequence[Any],
             ymin, xmin, ymax, xmax = (float(v) for v in box)
             results.append({"image_id": int(image_id),
                             "category_id": int(label),
-                            "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+                            "bbox": coco_bbox(xmin, ymin, xmax, ymax),
                             "score": float(score)})
     return results
 

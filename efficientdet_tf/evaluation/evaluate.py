@@ -31,9 +31,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
-from efficientdet_tf.utils import visualize
+from efficientdet_tf.utils import summaries, visualize
 from efficientdet_tf.evaluation.coco_metrics import (ImageIdResolver, ImageTruth,
                                           coco_from_dict, coco_metrics,
                                           detections_to_coco, format_metrics,
@@ -41,8 +40,8 @@ from efficientdet_tf.evaluation.coco_metrics import (ImageIdResolver, ImageTruth
                                           load_coco_json)
 from efficientdet_tf.config import Config
 from efficientdet_tf.data.pipeline import build_dataset
-from efficientdet_tf.datasets.writer import atomic_write
 from efficientdet_tf.ops.postprocess import Detections, postprocess
+from efficientdet_tf.utils.files import atomic_write
 
 _LOG = logging.getLogger(__name__)
 
@@ -285,39 +284,12 @@ def write_summaries(writer: tf.summary.SummaryWriter, step: int,
     TensorBoard's step slider shows how their detections evolve."""
     with writer.as_default():
         for name, value in metrics.items():
-            summary_scalar(name, value, step)
+            summaries.scalar(name, value, step)
         for k, (image, found) in enumerate(drawings):
             drawn = visualize.draw_detections(
                 image, found.boxes, found.classes, found.scores,
                 label_map=label_map, min_score=DRAW_MIN_SCORE,
                 max_boxes=DRAW_MAX_BOXES)
-            summary_image(f"eval_images/{k}", drawn, step,
-                          f"detections on source_id {found.source_id}")
+            summaries.image(f"eval_images/{k}", drawn, step,
+                            f"detections on source_id {found.source_id}")
     writer.flush()
-
-
-# ``tf.summary.scalar`` / ``image`` live in the ``tensorboard`` package,
-# which is not a dependency; these write the same events (same plugin
-# metadata, same tensor layout) with TensorFlow's own ``tf.summary.write``,
-# so TensorBoard shows them as scalars and images.
-def summary_scalar(tag: str, value: float, step: int) -> None:
-    """A TensorBoard scalar in the default summary writer."""
-    metadata = summary_pb2.SummaryMetadata(
-        data_class=summary_pb2.DATA_CLASS_SCALAR)
-    metadata.plugin_data.plugin_name = "scalars"
-    tf.summary.write(tag, tf.constant(value, tf.float32), step=step,
-                     metadata=metadata)
-
-
-def summary_image(tag: str, image: np.ndarray, step: int,
-                  description: str = "") -> None:
-    """A TensorBoard image (uint8 ``[H, W, 3]``) in the default summary
-    writer: the images plugin's layout, ``[width, height, PNG]`` strings."""
-    metadata = summary_pb2.SummaryMetadata(
-        summary_description=description,
-        data_class=summary_pb2.DATA_CLASS_BLOB_SEQUENCE)
-    metadata.plugin_data.plugin_name = "images"
-    height, width = image.shape[:2]
-    tensor = tf.stack([tf.constant(str(width)), tf.constant(str(height)),
-                       tf.io.encode_png(np.asarray(image, np.uint8))])
-    tf.summary.write(tag, tensor, step=step, metadata=metadata)

@@ -1,48 +1,23 @@
-"""BiFPN: the feature network, with its topology as data.
+"""BiFPN: the feature network's layers, one generic cell over a topology.
 
-A topology is a list of :class:`FNodeSpec` ("output level <- inputs by node
-id"). Node ids 0..L-1 are the input levels min..max; each new node appends
-one id. One generic cell walks that list, so BiFPN and other FPN variants are
-new data, not new code. Layer names follow the official checkpoints
-(``fpn_cells/cell_0/fnode1/resample_0_2_6/conv2d``, ``.../WSM_1``).
+The cell walks a topology (:mod:`efficientdet_tf.modeling.fpn_topologies`:
+BiFPN and other FPN variants are data there, not code here). Layer names
+follow the official checkpoints (``fpn_cells/cell_0/fnode1/resample_0_2_6/
+conv2d``, ``.../WSM_1``).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
+from efficientdet_tf.config import ConfigError
+from efficientdet_tf.modeling.fpn_topologies import FNodeSpec
 from efficientdet_tf.modeling.layers import activation, batch_norm
 
 FUSION_METHODS = ("sum", "attn", "fastattn", "channel_attn", "channel_fastattn")
 FASTATTN_EPSILON = 1e-4
-
-
-@dataclasses.dataclass(frozen=True)
-class FNodeSpec:
-    """One fused node: the level it lives on and the node ids it fuses."""
-    feat_level: int
-    inputs_offsets: tuple[int, ...]
-
-
-def bifpn_topology(min_level: int, max_level: int) -> list[FNodeSpec]:
-    """The BiFPN graph: a top-down pass (max-1 .. min) fusing each level with
-    the one above, then a bottom-up pass (min+1 .. max) fusing every node of a
-    level with the newest node of the level below."""
-    ids = {level: [i] for i, level in enumerate(range(min_level, max_level + 1))}
-    next_id = max_level - min_level + 1
-    nodes = []
-    for level in range(max_level - 1, min_level - 1, -1):
-        nodes.append(FNodeSpec(level, (ids[level][-1], ids[level + 1][-1])))
-        ids[level].append(next_id)
-        next_id += 1
-    for level in range(min_level + 1, max_level + 1):
-        nodes.append(FNodeSpec(level, (*ids[level], ids[level - 1][-1])))
-        ids[level].append(next_id)
-        next_id += 1
-    return nodes
 
 
 def fusion_weights(method: str, raw: Sequence[tf.Tensor]) -> list[tf.Tensor]:
@@ -61,6 +36,7 @@ def fusion_weights(method: str, raw: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     raise ValueError(f"fusion method {method!r} has no weights")
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class ResampleFeatureMap(keras.layers.Layer):
     """Brings a feature map to a target size and channel count.
 
@@ -145,6 +121,7 @@ def _upsample_nearest(x: tf.Tensor, target_h: int, target_w: int) -> tf.Tensor:
     return tf.cast(resized, x.dtype)
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class OpAfterCombine(keras.layers.Layer):
     """act -> separable 3x3 conv -> BN after a fusion (or conv -> BN -> act
     with ``conv_bn_act_pattern``, which then drops the conv bias)."""
@@ -177,6 +154,7 @@ class OpAfterCombine(keras.layers.Layer):
                 "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon}
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class FNode(keras.layers.Layer):
     """Resamples its inputs to one level, fuses them, then convolves."""
 
@@ -189,7 +167,7 @@ class FNode(keras.layers.Layer):
                  bn_epsilon: float = 1e-3, **kwargs: Any):
         super().__init__(**kwargs)
         if weight_method not in FUSION_METHODS:
-            raise ValueError(f"fpn_weight_method must be one of "
+            raise ConfigError(f"fpn_weight_method must be one of "
                              f"{FUSION_METHODS}, got {weight_method!r}")
         self.feat_level, self.node_id = feat_level, node_id
         self.inputs_offsets = [int(i) for i in inputs_offsets]
@@ -239,30 +217,32 @@ class FNode(keras.layers.Layer):
         return {**super().get_config(), **{k: getattr(self, k) for k in keys}}
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class FPNCell(keras.layers.Layer):
-    """One BiFPN cell: walks the topology; its output per level is the newest
-    node of that level."""
+    """One feature-network cell: walks the topology; its output per level
+    is the newest node of that level."""
 
-    def __init__(self, min_level: int, max_level: int,
+    def __init__(self, topology: Sequence[FNodeSpec | Mapping[str, Any]],
+                 min_level: int, max_level: int,
                  feat_sizes: Sequence[Sequence[int]], filters: int,
                  weight_method: str, act_type: str,
                  node_options: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        self.topology = [FNodeSpec.from_config(node) for node in topology]
         self.min_level, self.max_level = min_level, max_level
         self.feat_sizes = [list(s) for s in feat_sizes]
         self.filters = filters
         self.weight_method, self.act_type = weight_method, act_type
         self.node_options = dict(node_options or {})
-        topology = bifpn_topology(min_level, max_level)
         num_levels = max_level - min_level + 1
         self.fnodes = [
             FNode(spec.feat_level, spec.inputs_offsets, num_levels + j,
                   self.feat_sizes[spec.feat_level], filters, weight_method,
                   act_type, name=f"fnode{j}", **self.node_options)
-            for j, spec in enumerate(topology)]
+            for j, spec in enumerate(self.topology)]
         newest = {level: i for i, level in
                   enumerate(range(min_level, max_level + 1))}
-        for j, spec in enumerate(topology):
+        for j, spec in enumerate(self.topology):
             newest[spec.feat_level] = num_levels + j
         self._output_ids = [newest[level]
                             for level in range(min_level, max_level + 1)]
@@ -275,14 +255,17 @@ class FPNCell(keras.layers.Layer):
         return [nodes[i] for i in self._output_ids]
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "min_level": self.min_level,
-                "max_level": self.max_level, "feat_sizes": self.feat_sizes,
-                "filters": self.filters, "weight_method": self.weight_method,
+        return {**super().get_config(),
+                "topology": [spec.as_config() for spec in self.topology],
+                "min_level": self.min_level, "max_level": self.max_level,
+                "feat_sizes": self.feat_sizes, "filters": self.filters,
+                "weight_method": self.weight_method,
                 "act_type": self.act_type, "node_options": self.node_options}
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class FPNCells(keras.layers.Layer):
-    """``cell_repeats`` BiFPN cells applied in sequence."""
+    """``cell_repeats`` cells applied in sequence."""
 
     def __init__(self, cell_repeats: int, cell_config: dict[str, Any],
                  **kwargs: Any):

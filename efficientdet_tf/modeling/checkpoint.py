@@ -37,6 +37,8 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 from efficientdet_tf.modeling.efficientnet import EfficientNet
 from efficientdet_tf.config import get_config
 from efficientdet_tf.modeling.model import build_model
+from efficientdet_tf.utils.files import CONFIG_FILE, atomic_write
+from efficientdet_tf.errors import EfficientDetError
 
 _LOG = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ _SHOWN = 5  # names quoted in an error message
 Shape = tuple[int, ...]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EfficientDetError, ValueError):
     """A checkpoint that cannot be loaded as asked; the message says why."""
 
 
@@ -390,11 +392,7 @@ def _write_state_file(directory: str, name: str,
     names = [*kept, name][-max_to_keep if max_to_keep else 0:]
     lines = [f'model_checkpoint_path: "{name}"'] + [
         f'all_model_checkpoint_paths: "{n}"' for n in names]
-    target = os.path.join(directory, STATE_FILE)
-    temp = f"{target}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    tf.io.gfile.rename(temp, target, overwrite=True)
+    atomic_write(os.path.join(directory, STATE_FILE), "\n".join(lines) + "\n")
     return names
 
 
@@ -417,5 +415,5 @@ def convert_checkpoint(model_name: str, ckpt_path: str | os.PathLike,
     model = build_model(config)
     report = load_weights(model, ckpt_path)
     prefix = save_native(model, model_dir)
-    config.to_yaml(os.path.join(os.fspath(model_dir), "config.yaml"))
+    config.to_yaml(os.path.join(os.fspath(model_dir), CONFIG_FILE))
     return prefix, report

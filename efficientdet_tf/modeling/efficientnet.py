@@ -19,9 +19,11 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from efficientdet_tf.modeling.layers import (activation, batch_norm, conv_initializer,
-                                    dense_initializer, drop_connect,
-                                    recompute_gradient, spatial_mean)
+from efficientdet_tf.config import ConfigError
+from efficientdet_tf.modeling.layers import (activation, batch_norm,
+                                             conv_initializer, dense_initializer,
+                                             drop_connect, recompute_gradient,
+                                             spatial_mean)
 
 BLOCK_STRINGS: tuple[str, ...] = (
     "r1_k3_s11_e1_i32_o16_se0.25",
@@ -87,10 +89,10 @@ def decode_block_string(text: str) -> BlockArgs:
     """``r2_k3_s22_e6_i16_o24_se0.25`` -> BlockArgs (square strides only)."""
     match = _BLOCK_RE.match(text)
     if not match:
-        raise ValueError(f"bad EfficientNet block string {text!r}; expected "
+        raise ConfigError(f"bad EfficientNet block string {text!r}; expected "
                          "e.g. 'r2_k3_s22_e6_i16_o24_se0.25'")
     if match["s"] != match["s2"]:
-        raise ValueError(f"{text!r}: non-square strides are not supported")
+        raise ConfigError(f"{text!r}: non-square strides are not supported")
     return BlockArgs(
         num_repeat=int(match["r"]), kernel_size=int(match["k"]),
         strides=int(match["s"]), expand_ratio=int(match["e"]),
@@ -142,10 +144,11 @@ def backbone_params(backbone_name: str) -> BackboneParams:
     try:
         return BACKBONE_PARAMS[backbone_name]
     except KeyError:
-        raise ValueError(f"unknown backbone {backbone_name!r}; known: "
+        raise ConfigError(f"unknown backbone {backbone_name!r}; known: "
                          f"{', '.join(BACKBONE_PARAMS)}") from None
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class SqueezeExcite(keras.layers.Layer):
     """Channel gating from a squeeze of the block's (expanded) features; the
     bottleneck width comes from the block's *input* filters, as official."""
@@ -174,6 +177,7 @@ class SqueezeExcite(keras.layers.Layer):
                 "output_filters": self.output_filters, "act_type": self.act_type}
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class MBConvBlock(keras.layers.Layer):
     """Inverted residual: [1x1 expand] -> depthwise -> [SE] -> 1x1 project,
     with a drop-connect residual when shape is preserved.
@@ -230,15 +234,16 @@ class MBConvBlock(keras.layers.Layer):
                 and args.input_filters == args.output_filters)
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        def branch(x: tf.Tensor) -> tf.Tensor:
+        def branch(x: tf.Tensor, recomputing: bool) -> tf.Tensor:
+            bn = {"training": training, "update_statistics": not recomputing}
             if self.expand_conv is not None:
-                x = self._act(self.expand_bn(self.expand_conv(x), training=training))
-            x = self._act(self.depthwise_bn(self.depthwise(x), training=training))
+                x = self._act(self.expand_bn(self.expand_conv(x), **bn))
+            x = self._act(self.depthwise_bn(self.depthwise(x), **bn))
             if self.se is not None:
                 x = self.se(x)
-            return self.project_bn(self.project_conv(x), training=training)
+            return self.project_bn(self.project_conv(x), **bn)
         x = (recompute_gradient(branch, inputs) if training and self.grad_checkpoint
-             else branch(inputs))
+             else branch(inputs, recomputing=False))
         if self.has_residual:
             x = drop_connect(x, self.survival_prob, bool(training)) + inputs
         return x
@@ -251,6 +256,7 @@ class MBConvBlock(keras.layers.Layer):
                 "grad_checkpoint": self.grad_checkpoint}
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class ConvBnAct(keras.layers.Layer):
     """conv2d -> tpu_batch_normalization -> activation (the stem and the
     classifier head's 1x1 conv)."""
@@ -278,6 +284,7 @@ class ConvBnAct(keras.layers.Layer):
                 "bn_epsilon": self.bn_epsilon}
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class ClassifierHead(ConvBnAct):
     """1x1 conv -> BN -> act -> global average pool -> dropout -> dense; one
     layer because official checkpoints keep the dense under ``head/``."""
@@ -299,6 +306,7 @@ class ClassifierHead(ConvBnAct):
                 "dropout_rate": self.dropout_rate}
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class EfficientNet(keras.layers.Layer):
     """The backbone as one layer named after the variant (the checkpoint scope).
 

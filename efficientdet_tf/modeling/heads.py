@@ -24,6 +24,7 @@ def class_prior_bias() -> float:
     return -math.log((1.0 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
 
 
+@keras.saving.register_keras_serializable(package="efficientdet_tf")
 class HeadNet(keras.layers.Layer):
     """``repeats`` x (conv -> per-level BN -> act [-> drop-connect residual])
     then a prediction conv with ``outputs_per_anchor * num_anchors`` channels.

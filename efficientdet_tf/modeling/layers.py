@@ -1,16 +1,12 @@
 """Small building blocks shared by the backbone, the BiFPN and the heads."""
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import keras
 import tensorflow as tf
 
-# Set while a block's forward pass is traced again for its gradient
-# (recompute_gradient): batch norms then normalise with batch statistics
-# without updating their moving averages a second time.
-_RECOMPUTING = [False]
+from efficientdet_tf.config import ConfigError
 
 _ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
     "swish": tf.nn.silu,
@@ -26,7 +22,7 @@ def activation(act_type: str) -> Callable[[tf.Tensor], tf.Tensor]:
     try:
         return _ACTIVATIONS[act_type]
     except KeyError:
-        raise ValueError(f"unknown act_type {act_type!r}; "
+        raise ConfigError(f"unknown act_type {act_type!r}; "
                          f"known: {', '.join(_ACTIVATIONS)}") from None
 
 
@@ -47,14 +43,18 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (to float rounding), and grappler's remapper folds it into a preceding
     bias-free convolution, which makes EfficientDet ~10 % faster on CPU.
     Masks and float16/bfloat16 inference inputs keep the Keras path.
+
+    ``update_statistics=False`` normalises like training without moving the
+    averages: a forward pass run again for its gradient
+    (:func:`recompute_gradient`) must not count the batch twice.
     """
 
     def call(self, inputs: tf.Tensor, training: bool | None = None,
-             mask: tf.Tensor | None = None) -> tf.Tensor:
+             mask: tf.Tensor | None = None,
+             update_statistics: bool = True) -> tf.Tensor:
         if training and self.trainable and mask is None and not self.renorm:
-            # Recomputed for a gradient: the statistics were updated already.
             return self._normalise_with_batch_statistics(
-                inputs, update=not _RECOMPUTING[0])
+                inputs, update=update_statistics)
         if ((training and self.trainable) or mask is not None
                 or len(inputs.shape) != 4 or inputs.dtype != tf.float32
                 or self.axis not in (-1, 3) or not (self.center and self.scale)):
@@ -91,24 +91,17 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
-@contextlib.contextmanager
-def _recomputing() -> Iterator[None]:
-    previous, _RECOMPUTING[0] = _RECOMPUTING[0], True
-    try:
-        yield
-    finally:
-        _RECOMPUTING[0] = previous
-
-
-def recompute_gradient(fn: Callable[[tf.Tensor], tf.Tensor],
+def recompute_gradient(fn: Callable[[tf.Tensor, bool], tf.Tensor],
                        inputs: tf.Tensor) -> tf.Tensor:
-    """``fn(inputs)`` whose intermediate activations are not kept for the
-    backward pass: the gradient runs ``fn`` again from ``inputs`` (automl's
+    """``fn(inputs, False)`` whose intermediate activations are not kept for
+    the backward pass: the gradient runs ``fn(inputs, True)`` again (automl's
     ``grad_checkpoint``, traded for ~20 % more compute).
 
     ``fn`` must be deterministic given ``inputs`` (no dropout or drop-connect
-    inside); its batch norms update their moving averages in the first pass
-    only (see :class:`FusedBatchNormalization`).
+    inside). Its second argument says "this is the recomputation": its batch
+    norms must then not update their moving averages again (pass
+    ``update_statistics=not recomputing`` to
+    :class:`FusedBatchNormalization`), which the first run did already.
     """
     @tf.custom_gradient
     def run(x: tf.Tensor):
@@ -121,12 +114,11 @@ def recompute_gradient(fn: Callable[[tf.Tensor], tf.Tensor],
                 again = tf.identity(x)
             with tf.GradientTape() as tape:
                 tape.watch(again)
-                with _recomputing():
-                    outputs = fn(again)
+                outputs = fn(again, True)
             grads = tape.gradient(outputs, [again, *variables],
                                   output_gradients=upstream)
             return grads[0], grads[1:]
-        return fn(x), grad
+        return fn(x, False), grad
     return run(inputs)
 
 

@@ -9,13 +9,14 @@ the config's ``image_size``.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Iterator
 
 import keras
 
-from efficientdet_tf.modeling.efficientnet import EfficientNet
+from efficientdet_tf.config import Config, ConfigError
 from efficientdet_tf.modeling.bifpn import FPNCells, ResampleFeatureMap
-from efficientdet_tf.config import Config
+from efficientdet_tf.modeling.fpn_topologies import fpn_topology
+from efficientdet_tf.modeling.efficientnet import EfficientNet
 from efficientdet_tf.modeling.heads import box_net, class_net
 from efficientdet_tf.ops.levels import feature_sizes
 
@@ -27,21 +28,10 @@ def num_anchors(config: Config) -> int:
     return config.num_scales * len(config.aspect_ratios)
 
 
-def fpn_weight_method(config: Config) -> str:
-    """automl leaves ``fpn_weight_method`` unset for D0-D5: fast attention."""
-    return config.fpn_weight_method or "fastattn"
-
-
-def backbone_survival_prob(config: Config) -> float | None:
-    """automl disables drop-connect for the B0 backbone inside EfficientDet
-    and keeps EfficientNet's default (0.8) for the others."""
-    return None if config.backbone_name.endswith("b0") else 0.8
-
-
 def build_model(config: Config, name: str | None = None) -> keras.Model:
     """Builds EfficientDet for ``config`` (float32 or ``mixed_float16``)."""
     if not 1 <= config.min_level <= BACKBONE_LEVELS:
-        raise ValueError(f"min_level must be in 1..{BACKBONE_LEVELS}, got "
+        raise ConfigError(f"min_level must be in 1..{BACKBONE_LEVELS}, got "
                          f"{config.min_level}")
     policy = "mixed_float16" if config.mixed_precision else "float32"
     with _dtype_policy(policy):
@@ -53,10 +43,12 @@ def _build(config: Config, name: str) -> keras.Model:
           "bn_epsilon": config.batch_norm_epsilon}
     sizes = feature_sizes(config.image_size, config.max_level)
     images = keras.Input((*config.image_size, 3), name="images")
-    endpoints = EfficientNet(
-        config.backbone_name, include_top=False, act_type=config.act_type,
-        survival_prob=backbone_survival_prob(config),
-        grad_checkpoint=bool(config.grad_checkpoint), **bn)(images)
+    endpoints = _backbone(config, bn)(images)
+    if len(endpoints) != BACKBONE_LEVELS:
+        raise ConfigError(
+            f"backbone_config.blocks reduce the image {len(endpoints)} times; "
+            f"EfficientDet needs {BACKBONE_LEVELS} (the stem and four "
+            "stride-2 stages)")
     feats = list(endpoints[config.min_level - 1:])
     for level in range(BACKBONE_LEVELS + 1, config.max_level + 1):
         feats.append(ResampleFeatureMap(
@@ -64,10 +56,13 @@ def _build(config: Config, name: str) -> keras.Model:
             apply_bn=config.apply_bn_for_resampling,
             conv_after_downsample=config.conv_after_downsample,
             name=f"resample_p{level}", **bn)(feats[-1]))
+    topology = fpn_topology(config.fpn_name, config.fpn_config,
+                            config.min_level, config.max_level)
     cell_config = {
+        "topology": [node.as_config() for node in topology],
         "min_level": config.min_level, "max_level": config.max_level,
         "feat_sizes": sizes, "filters": config.fpn_num_filters,
-        "weight_method": fpn_weight_method(config), "act_type": config.act_type,
+        "weight_method": config.fpn_weight_method, "act_type": config.act_type,
         "node_options": {
             "separable_conv": config.separable_conv,
             "conv_bn_act_pattern": config.conv_bn_act_pattern,
@@ -84,6 +79,17 @@ def _build(config: Config, name: str) -> keras.Model:
     return keras.Model(images, [class_outputs, box_outputs], name=name)
 
 
+def _backbone(config: Config, bn: dict[str, float]) -> EfficientNet:
+    """EfficientNet as the config says, its stages replaced by
+    ``backbone_config.blocks`` when given."""
+    custom = ({"block_strings": config.backbone_config["blocks"]}
+              if config.backbone_config else {})
+    return EfficientNet(
+        config.backbone_name, include_top=False, act_type=config.act_type,
+        survival_prob=config.backbone_survival_prob,
+        grad_checkpoint=bool(config.grad_checkpoint), **custom, **bn)
+
+
 @contextlib.contextmanager
 def _dtype_policy(policy: str) -> Iterator[None]:
     """Keras sublayers take the global policy at construction; scope it to
@@ -95,13 +101,3 @@ def _dtype_policy(policy: str) -> Iterator[None]:
     finally:
         keras.config.set_dtype_policy(previous)
 
-
-def custom_objects() -> dict[str, Any]:
-    """Layer classes needed by ``keras.Model.from_config``."""
-    from efficientdet_tf.modeling import bifpn, efficientnet, heads
-    return {cls.__name__: cls for cls in (
-        efficientnet.EfficientNet, efficientnet.MBConvBlock,
-        efficientnet.SqueezeExcite, efficientnet.ConvBnAct,
-        efficientnet.ClassifierHead, bifpn.ResampleFeatureMap,
-        bifpn.OpAfterCombine, bifpn.FNode, bifpn.FPNCell, bifpn.FPNCells,
-        heads.HeadNet)}

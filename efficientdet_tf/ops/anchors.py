@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import tensorflow as tf
 
-from efficientdet_tf.config import Config
+from efficientdet_tf.config import Config, ConfigError
 from efficientdet_tf.ops.levels import feature_sizes
 
 AspectRatio = tuple[float, float]
@@ -49,10 +49,10 @@ def aspect_ratio_pairs(aspect_ratios: Sequence[Any]) -> tuple[AspectRatio, ...]:
             width = math.sqrt(ratio)
             pairs.append((width, 1.0 / width))
         else:
-            raise ValueError(f"aspect ratio {ratio!r} must be a positive number "
-                             f"or a positive (width, height) pair")
+            raise ConfigError(f"aspect ratio {ratio!r} must be a positive number "
+                              f"or a positive (width, height) pair")
     if not pairs:
-        raise ValueError("aspect_ratios must not be empty")
+        raise ConfigError("aspect_ratios must not be empty")
     return tuple(pairs)
 
 
@@ -85,8 +85,8 @@ def _anchor_key(config: Config) -> tuple[Any, ...]:
     levels = config.max_level - config.min_level + 1
     if isinstance(scale, (list, tuple)):
         if len(scale) != levels:
-            raise ValueError(f"anchor_scale lists one value per level: "
-                             f"expected {levels}, got {len(scale)}")
+            raise ConfigError(f"anchor_scale lists one value per level: "
+                              f"expected {levels}, got {len(scale)}")
         scales = tuple(float(s) for s in scale)
     else:
         scales = (float(scale),) * levels
@@ -190,8 +190,8 @@ def box_iou(boxes_a: tf.Tensor, boxes_b: tf.Tensor,
     Empty boxes give 0 rather than NaN (every ratio is divide-no-nan).
     """
     if iou_type not in IOU_TYPES:
-        raise ValueError(f"unknown iou_type {iou_type!r}; expected one of "
-                         f"{', '.join(IOU_TYPES)}")
+        raise ConfigError(f"unknown iou_type {iou_type!r}; expected one of "
+                          f"{', '.join(IOU_TYPES)}")
     boxes_a = _as_float(boxes_a)
     a_y0, a_x0, a_y1, a_x1 = tf.unstack(boxes_a, num=4, axis=-1)
     b_y0, b_x0, b_y1, b_x1 = tf.unstack(tf.cast(boxes_b, boxes_a.dtype), num=4, axis=-1)
@@ -312,8 +312,8 @@ def match_anchors(anchors: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor,
     if unmatched_threshold is None:
         unmatched_threshold = match_threshold
     if unmatched_threshold > match_threshold:
-        raise ValueError(f"unmatched_threshold {unmatched_threshold} must not "
-                         f"exceed match_threshold {match_threshold}")
+        raise ConfigError(f"unmatched_threshold {unmatched_threshold} must not "
+                          f"exceed match_threshold {match_threshold}")
     anchors = tf.convert_to_tensor(anchors, tf.float32)
     boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
     classes = tf.reshape(tf.cast(classes, tf.int32), [-1])

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from efficientdet_tf.ops.anchors import (IGNORED, IOU_TYPES, AnchorTargets, box_iou,
                                      decode_boxes, level_anchors)
-from efficientdet_tf.config import Config
+from efficientdet_tf.config import Config, ConfigError
 
 
 def focal_loss(logits: tf.Tensor, targets: tf.Tensor, alpha: float,
@@ -82,14 +82,14 @@ def detection_loss(cls_outputs: Sequence[tf.Tensor],
     levels = config.max_level - config.min_level + 1
     if not (len(cls_outputs) == len(box_outputs) == len(targets.cls_targets)
             == len(targets.box_targets) == levels):
-        raise ValueError(
+        raise ConfigError(
             f"expected {levels} levels ({config.min_level}..{config.max_level}) "
             f"of outputs and targets, got {len(cls_outputs)} class outputs, "
             f"{len(box_outputs)} box outputs, {len(targets.cls_targets)} class "
             f"targets and {len(targets.box_targets)} box targets")
     if config.iou_loss_type and config.iou_loss_type not in IOU_TYPES:
-        raise ValueError(f"iou_loss_type must be one of {', '.join(IOU_TYPES)} "
-                         f"or None, got {config.iou_loss_type!r}")
+        raise ConfigError(f"iou_loss_type must be one of {', '.join(IOU_TYPES)} "
+                          f"or None, got {config.iou_loss_type!r}")
     normalizer = tf.reduce_sum(tf.cast(targets.num_positives, tf.float32)) + 1.0
     cls_sum = tf.add_n([
         _class_loss_sum(logits, cls_t, config)

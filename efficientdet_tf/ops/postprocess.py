@@ -62,7 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientdet_tf.ops.anchors import anchor_boxes, decode_boxes
-from efficientdet_tf.config import Config
+from efficientdet_tf.config import Config, ConfigError
 
 METHODS = ("hard", "gaussian")
 # automl's defaults for unset (or zero: it tests truthiness) nms_configs.
@@ -105,17 +105,17 @@ class NmsSettings:
         """
         method = nms_configs.get("method") or "hard"
         if method not in METHODS:
-            raise ValueError(f"nms_configs.method {method!r} is not one of "
-                             f"{', '.join(METHODS)}")
+            raise ConfigError(f"nms_configs.method {method!r} is not one of "
+                              f"{', '.join(METHODS)}")
         max_output_size = nms_configs.get("max_output_size", 100)
         max_nms_inputs = nms_configs.get("max_nms_inputs", 0) or 0
         if not isinstance(max_output_size, int) or max_output_size < 1:
-            raise ValueError(f"nms_configs.max_output_size must be a positive "
-                             f"integer, got {max_output_size!r}")
+            raise ConfigError(f"nms_configs.max_output_size must be a positive "
+                              f"integer, got {max_output_size!r}")
         if not isinstance(max_nms_inputs, int) or max_nms_inputs < 0:
-            raise ValueError(f"nms_configs.max_nms_inputs must be 0 (all "
-                             f"anchors) or a positive integer, got "
-                             f"{max_nms_inputs!r}")
+            raise ConfigError(f"nms_configs.max_nms_inputs must be 0 (all "
+                              f"anchors) or a positive integer, got "
+                              f"{max_nms_inputs!r}")
         score_thresh = nms_configs.get("score_thresh")
         if method == "hard":
             iou_thresh = nms_configs.get("iou_thresh") or DEFAULT_HARD_IOU
@@ -125,8 +125,8 @@ class NmsSettings:
             score_thresh = score_thresh or DEFAULT_SOFT_SCORE
             sigma = nms_configs.get("sigma") or DEFAULT_SIGMA
             if sigma < 0:
-                raise ValueError(f"nms_configs.sigma must be positive, got "
-                                 f"{sigma}")
+                raise ConfigError(f"nms_configs.sigma must be positive, got "
+                                  f"{sigma}")
         return cls(method, float(iou_thresh), float(score_thresh),
                    float(sigma), max_output_size, max_nms_inputs,
                    bool(nms_configs.get("per_class", True)))

@@ -49,13 +49,15 @@ from efficientdet_tf.config import Config, get_config
 from efficientdet_tf.modeling.model import build_model
 from efficientdet_tf.ops.postprocess import Detections, postprocess
 from efficientdet_tf.ops.preprocess import preprocess_image
+from efficientdet_tf.utils.files import CONFIG_FILE, atomic_write
+from efficientdet_tf.errors import EfficientDetError
 
 _LOG = logging.getLogger(__name__)
 
 SERVING_DEFAULT, SERVING_BYTES, PREDICT = ("serving_default", "serving_bytes",
                                            "predict")
 METADATA_DIR = "assets.extra"
-CONFIG_FILE, LABEL_MAP_FILE = "config.yaml", "label_map.yaml"
+LABEL_MAP_FILE = "label_map.yaml"
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes",
                "num_detections")
 
@@ -66,7 +68,7 @@ SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 Endpoint = tuple[Callable[..., dict[str, tf.Tensor]], list[tf.TensorSpec]]
 
 
-class ExportError(ValueError):
+class ExportError(EfficientDetError, ValueError):
     """An export that cannot be done as asked; the message says why."""
 
 
@@ -326,11 +328,7 @@ def _write_frozen(serving: ServingGraph, path: str | os.PathLike,
     inputs = {spec.name: tensor.name for spec, tensor in zip(
         concrete.structured_input_signature[0], frozen.inputs)}
     target = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    temp = f"{target}.tmp-{os.getpid()}"
-    with open(temp, "wb") as f:
-        f.write(graph_def.SerializeToString())
-    os.replace(temp, target)
+    atomic_write(target, graph_def.SerializeToString())
     return FrozenGraph(target, inputs, outputs)
 
 

@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Iterable, Protocol, Sequence, TextIO
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -31,15 +31,18 @@ from efficientdet_tf.config import Config
 from efficientdet_tf.serving.export import (METADATA_DIR, OUTPUT_KEYS, SERVING_BYTES,
                                     ServingGraph, load_frozen_graph,
                                     read_metadata)
+from efficientdet_tf.utils.boxes import coco_bbox
+from efficientdet_tf.utils.files import IMAGE_EXTENSIONS, atomic_path, atomic_write
 from efficientdet_tf.utils.profiling import Latency
+from efficientdet_tf.utils.progress import CountProgress
 from efficientdet_tf.utils.visualize import class_name, draw_detections
+from efficientdet_tf.errors import EfficientDetError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DETECTIONS_JSON = "detections.json"
 _JPEG_QUALITY = 95
 
 
-class InferenceError(ValueError):
+class InferenceError(EfficientDetError, ValueError):
     """Inference that cannot start as asked; the message says why."""
 
 
@@ -172,29 +175,6 @@ class InferenceSummary:
                                    for f, r in self.failed])
 
 
-class Progress:
-    """``done/total`` as a redrawn bar on a terminal, plain lines (about
-    every 10 %) elsewhere, so logs stay readable."""
-
-    def __init__(self, total: int, stream: TextIO | None = None):
-        self.total, self.stream = total, stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self._next_line, self._start = 0, time.perf_counter()
-
-    def update(self, done: int) -> None:
-        rate = done / max(time.perf_counter() - self._start, 1e-9)
-        text = f"{done}/{self.total} images ({rate:.1f} images/s)"
-        if self.tty:
-            filled = round(20 * done / max(self.total, 1))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (20 - filled)}] {text}")
-            if done >= self.total:
-                self.stream.write("\n")
-        elif done >= self._next_line or done >= self.total:
-            self.stream.write(text + "\n")
-            self._next_line = done + max(1, self.total // 10)
-        self.stream.flush()
-
-
 def _decode(path: str) -> tuple[bytes, np.ndarray]:
     """File bytes and RGB pixels; raises ValueError with a short reason."""
     try:
@@ -214,10 +194,11 @@ def run_inference(detector: Detector, files: Sequence[str], *,
                   min_score_thresh: float = 0.4, max_boxes_to_draw: int = 100,
                   output_json: str | None = None,
                   coco_results_json: str | None = None,
-                  progress: Progress | None = None) -> InferenceSummary:
+                  progress: CountProgress | None = None) -> InferenceSummary:
     """Detects objects in ``files`` and writes the outputs asked for.
 
     ``output_json`` defaults to ``detections.json`` in ``output_image_dir``.
+    Progress goes to stderr by default: stdout is for the results.
     """
     batch_size = detector.batch_size or batch_size
     if batch_size < 1:
@@ -226,7 +207,7 @@ def run_inference(detector: Detector, files: Sequence[str], *,
         os.makedirs(output_image_dir, exist_ok=True)
         output_json = output_json or os.path.join(output_image_dir,
                                                   DETECTIONS_JSON)
-    progress = progress or Progress(len(files))
+    progress = progress or CountProgress(len(files), sys.stderr)
     start = time.perf_counter()
     results: list[ImageDetections] = []
     failed: list[tuple[str, str]] = []
@@ -303,19 +284,15 @@ def _write_drawn(image: np.ndarray, result: ImageDetections,
                  label_map: dict[int, str], max_boxes: int, path: str) -> None:
     drawn = draw_detections(image, result.boxes, result.classes, result.scores,
                             label_map=label_map, max_boxes=max_boxes)
-    temp = f"{path}.tmp-{os.getpid()}"
     is_jpeg = path.lower().endswith((".jpg", ".jpeg"))
-    Image.fromarray(drawn).save(temp, format="JPEG" if is_jpeg else "PNG",
-                                **({"quality": _JPEG_QUALITY} if is_jpeg else {}))
-    os.replace(temp, path)
+    with atomic_path(path) as temp:
+        Image.fromarray(drawn).save(
+            temp, format="JPEG" if is_jpeg else "PNG",
+            **({"quality": _JPEG_QUALITY} if is_jpeg else {}))
 
 
 def _write_json(path: str, value: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temp = f"{path}.tmp-{os.getpid()}"
-    with open(temp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
-    os.replace(temp, path)
+    atomic_write(path, json.dumps(value, indent=1))
 
 
 def coco_image_id(path: str, default: int) -> int:
@@ -335,8 +312,8 @@ def coco_results(results: Iterable[ImageDetections]) -> list[dict[str, Any]]:
         for (ymin, xmin, ymax, xmax), score, cls in zip(
                 result.boxes, result.scores, result.classes):
             rows.append({"image_id": image_id, "category_id": int(cls),
-                         "bbox": [round(xmin, 2), round(ymin, 2),
-                                  round(xmax - xmin, 2), round(ymax - ymin, 2)],
+                         "bbox": [round(v, 2) for v in
+                                  coco_bbox(xmin, ymin, xmax, ymax)],
                          "score": score})
     return rows
 

@@ -21,6 +21,7 @@ import numpy as np
 from efficientdet_tf.config import Config
 from efficientdet_tf.serving.export import (SERVING_DEFAULT, ExportError,
                                     ServingGraph)
+from efficientdet_tf.utils.files import atomic_path
 
 DEFAULT_OPSET = 17
 INSTALL_HINT = "pip install tf2onnx onnxruntime"
@@ -51,19 +52,14 @@ def export_onnx(model: keras.Model, config: Config, path: str,
     function = ServingGraph(model, config, batch_size,
                             portable_nms=True).functions()[SERVING_DEFAULT]
     target = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    temp = f"{target}.tmp-{os.getpid()}"
-    try:
-        tf2onnx.convert.from_function(function,
-                                      input_signature=function.input_signature,
-                                      opset=opset, output_path=temp)
-        os.replace(temp, target)
-    except Exception as err:  # tf2onnx raises bare Exceptions of many kinds
-        raise ExportError(f"tf2onnx could not convert the model: "
-                          f"{type(err).__name__}: {err}") from None
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    with atomic_path(target) as temp:
+        try:
+            tf2onnx.convert.from_function(
+                function, input_signature=function.input_signature,
+                opset=opset, output_path=temp)
+        except Exception as err:  # tf2onnx raises bare Exceptions of many kinds
+            raise ExportError(f"tf2onnx could not convert the model: "
+                              f"{type(err).__name__}: {err}") from None
     return target
 
 

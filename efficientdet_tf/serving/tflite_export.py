@@ -34,6 +34,7 @@ from efficientdet_tf.serving.export import (SAVE_OPTIONS, SERVING_DEFAULT,
                                     ExportError, detection_outputs,
                                     new_archive)
 from efficientdet_tf.ops.postprocess import postprocess
+from efficientdet_tf.utils.files import IMAGE_EXTENSIONS, atomic_write
 
 _LOG = logging.getLogger(__name__)
 
@@ -142,10 +143,7 @@ def export_tflite(model: keras.Model, config: Config, output_dir: str,
                                 representative_data, num_calibration_steps,
                                 batch_size)
             path = os.path.join(output_dir, f"{basename}_{quantization}.tflite")
-            temp = os.path.join(staging, os.path.basename(path))
-            with open(temp, "wb") as f:
-                f.write(content)
-            os.replace(temp, path)
+            atomic_write(path, content)
             written[quantization] = path
             _LOG.info("wrote %s", path)
         return written
@@ -193,7 +191,7 @@ def representative_images(source: str, config: Config, count: int
     """Up to ``count`` letterboxed uint8 ``[H, W, 3]`` images from
     ``source``: a TFRecord file pattern (records of our schema), or
     an image folder, glob or ``.txt`` list. Unreadable images are skipped."""
-    from efficientdet_tf.serving.inference import IMAGE_EXTENSIONS, list_images
+    from efficientdet_tf.serving.inference import list_images
     if os.path.isdir(source) or source.endswith(".txt") or any(
             source.lower().endswith(ext) for ext in IMAGE_EXTENSIONS):
         encoded: Iterator[Any] = (_read(path) for path in list_images(source))

@@ -15,6 +15,7 @@ from typing import Iterator, Mapping
 import keras
 import tensorflow as tf
 
+from efficientdet_tf.config import ConfigError
 from efficientdet_tf.modeling.checkpoint import all_layers, official_variable_map
 
 
@@ -43,7 +44,7 @@ class WeightAverage:
 
     def __init__(self, variables: Mapping[str, keras.Variable], decay: float):
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"moving_average_decay must be in (0, 1), got {decay}")
+            raise ConfigError(f"moving_average_decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.variables = dict(variables)
         self.shadows = {

@@ -64,8 +64,8 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, spec: ScheduleSpec | dict[str, Any]):
         self.spec = spec if isinstance(spec, ScheduleSpec) else ScheduleSpec(**spec)
         if self.spec.method not in self.METHODS:
-            raise ValueError(f"lr_decay_method must be one of {self.METHODS}, "
-                             f"got {self.spec.method!r}")
+            raise ConfigError(f"lr_decay_method must be one of {self.METHODS}, "
+                              f"got {self.spec.method!r}")
 
     def __call__(self, step: tf.Tensor) -> tf.Tensor:
         s = self.spec
@@ -106,7 +106,7 @@ def build_optimizer(config: Config, schedule: WarmupSchedule) -> keras.optimizer
     if name == "adamw":
         return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay,
                                       global_clipnorm=clip)
-    raise ValueError(f"optimizer must be sgd, adam or adamw, got {config.optimizer!r}")
+    raise ConfigError(f"optimizer must be sgd, adam or adamw, got {config.optimizer!r}")
 
 
 def decayed_variables(variables: Sequence[keras.Variable]) -> list[keras.Variable]:

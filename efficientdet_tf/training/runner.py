@@ -22,12 +22,13 @@ from efficientdet_tf.config import Config, get_config
 from efficientdet_tf.datasets import record_check
 from efficientdet_tf.modeling.model import build_model
 from efficientdet_tf.training.trainer import Trainer, TrainOptions
+from efficientdet_tf.errors import EfficientDetError
 
 MODES = ("train", "eval", "train_and_eval")
 EVAL_DIR = "eval"
 
 
-class RunError(Exception):
+class RunError(EfficientDetError):
     """A mode that cannot run as asked; the message says why."""
 
 

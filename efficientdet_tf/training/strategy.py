@@ -11,10 +11,12 @@ import os
 
 import tensorflow as tf
 
+from efficientdet_tf.errors import EfficientDetError
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-class StrategyError(ValueError):
+class StrategyError(EfficientDetError, ValueError):
     """A strategy that cannot be set up as asked; the message says why."""
 
 

@@ -64,11 +64,12 @@ from efficientdet_tf.training.optim import (WarmupSchedule, build_optimizer,
                                    schedule_spec)
 from efficientdet_tf.utils.progress import Progress
 from efficientdet_tf.training.strategy import is_chief
+from efficientdet_tf.errors import EfficientDetError
 
 SUM = tf.distribute.ReduceOp.SUM
 
 
-class TrainingError(Exception):
+class TrainingError(EfficientDetError):
     """A problem with the run's inputs or its course; the message says what
     to do (main.py prints it as one line)."""
 

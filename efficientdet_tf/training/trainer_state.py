@@ -41,12 +41,12 @@ import yaml
 
 from efficientdet_tf.modeling import checkpoint as ckpt_lib
 from efficientdet_tf.config import Config
-from efficientdet_tf.datasets.writer import atomic_write
 from efficientdet_tf.training.ema import WeightAverage
+from efficientdet_tf.utils.files import CONFIG_FILE, atomic_write
+from efficientdet_tf.errors import EfficientDetError
 
 _LOG = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
 # automl's name for the best-eval checkpoint folder: its users export with
 # --ckpt_path=<model_dir>/archive/.
 BEST_DIR = "archive"
@@ -65,7 +65,7 @@ ARCHITECTURE_KEYS = (
     "conv_after_downsample", "conv_bn_act_pattern")
 
 
-class ModelDirError(ValueError):
+class ModelDirError(EfficientDetError, ValueError):
     """``model_dir`` holds a run that this one cannot continue."""
 
 

@@ -122,7 +122,7 @@ def test_eval_boxes_map_by_image_scale_and_image_matches_export(tmp_path):
 
     # Same pixels as the export path: normalise, resize, pad.
     from efficientdet_tf.ops import preprocess
-    for image, record_image in zip(images, (exact, inexact)):
+    for image, record_image in zip(images, (exact, inexact), strict=True):
         decoded = tf.io.decode_jpeg(tf.io.encode_jpeg(record_image, quality=95))
         expected, _ = preprocess.preprocess_image(
             decoded, config.image_size, config.mean_rgb, config.stddev_rgb)
@@ -148,7 +148,7 @@ def test_flip_mirrors_boxes_and_pixels(rect_records):
     original = np.array(RECT_BOX, np.float32)
     mirrored = np.array([24, 128 - 40, 64, 128 - 10], np.float32)
     flipped = []
-    for image, boxes in zip(images, labels["boxes"]):
+    for image, boxes in zip(images, labels["boxes"], strict=True):
         box = boxes[0]
         assert np.allclose(box, original) or np.allclose(box, mirrored), box
         flipped.append(np.allclose(box, mirrored))
@@ -169,7 +169,7 @@ def test_jitter_and_crop_keep_boxes_on_their_pixels(rect_records):
             rect_records, config, training=True, batch_size=8, seed=1), 6):
         for image, boxes, classes, positives, scale in zip(
                 images, labels["boxes"], labels["classes"],
-                labels["num_positives"], labels["image_scale"]):
+                labels["num_positives"], labels["image_scale"], strict=True):
             scales.append(scale)
             extent = bright_extent(image, config)
             if classes[0] == -1:  # the rectangle was cropped away
@@ -219,10 +219,13 @@ def test_same_seed_same_batches(tmp_path):
                                      seed=seed, deterministic=True), 4)
 
     first, second, other = run(7), run(7), run(8)
-    for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(second)):
+    assert len(first) == len(second) == len(other) == 4
+    for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(second),
+                    strict=True):
         np.testing.assert_array_equal(a, b)
     assert not all(np.array_equal(a, b) for a, b in
-                   zip(tf.nest.flatten(first), tf.nest.flatten(other)))
+                   zip(tf.nest.flatten(first), tf.nest.flatten(other),
+                       strict=True))
 
 
 def test_no_matching_files_names_the_pattern(tmp_path, rect_records):
@@ -242,7 +245,8 @@ def test_image_without_objects_gives_all_negative_targets(tmp_path, training):
     [(_, labels)] = batches(build_dataset(path, config, training=training,
                                           batch_size=2, seed=0), 1)
     targets = targets_from_labels(labels, config)
-    for cls_t, box_t in zip(targets.cls_targets, targets.box_targets):
+    for cls_t, box_t in zip(targets.cls_targets, targets.box_targets,
+                            strict=True):
         np.testing.assert_array_equal(cls_t, BACKGROUND)
         np.testing.assert_array_equal(box_t, 0.0)
     np.testing.assert_array_equal(targets.num_positives, 0.0)
@@ -304,7 +308,8 @@ def test_input_context_shards_and_splits_the_batch(tmp_path, num_files):
             num_replicas_in_sync=2)
         got = batches(build_dataset(pattern, tiny_config(), training=False,
                                     batch_size=4, input_context=context))
-        assert all(len(labels["source_id"]) <= 2 for _, labels in got)
+        # Global batch 4 over 2 replicas: 2 images a replica, per batch.
+        assert got and all(len(labels["source_id"]) == 2 for _, labels in got)
         seen.append({s for _, labels in got for s in labels["source_id"]})
     assert not seen[0] & seen[1]
     assert len(seen[0] | seen[1]) == 4 * num_files

@@ -9,7 +9,6 @@ them shows up here.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from tests.datasets.test_data_converters import REPO, read_records, save_image
 
+from efficientdet_tf.cli import create_coco_tfrecord
 from efficientdet_tf.datasets import coco, image_io
 from efficientdet_tf.datasets.coco import convert_coco
 from efficientdet_tf.datasets.validation import ConversionError
@@ -181,20 +181,19 @@ def test_shared_file_name_is_not_found_by_its_name_alone(tmp_path):
     assert str(tmp_path / "frame_000001.jpg") not in str(result.report.warnings)
 
 
-def test_cli_help_documents_the_offset_and_main_passes_it(tmp_path):
+def test_cli_help_documents_the_offset_and_main_passes_it(tmp_path, capsys):
     script = REPO / "dataset" / "create_coco_tfrecord.py"
     help_text = subprocess.run([sys.executable, str(script), "--help"],
                                capture_output=True, text=True, timeout=120,
                                check=True).stdout
     assert "--category_id_offset" in help_text
-    spec = importlib.util.spec_from_file_location("create_coco_tfrecord", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     annotations = label_studio(tmp_path / "export")
-    summary = module.main([f"--image_dir={tmp_path / 'export'}",
-                           f"--object_annotations_file={annotations}",
-                           f"--output_file_prefix={tmp_path / 'rec'}",
-                           "--category_id_offset=1", "--num_threads=1"])
+    assert create_coco_tfrecord.main([
+        f"--image_dir={tmp_path / 'export'}",
+        f"--object_annotations_file={annotations}",
+        f"--output_file_prefix={tmp_path / 'rec'}",
+        "--category_id_offset=1", "--num_threads=1"]) == 0
+    summary = capsys.readouterr().out
     assert "images written: 2" in summary
 
 

@@ -480,7 +480,7 @@ def test_voc_to_coco_uses_xml_sizes_without_decoding(tmp_path):
 
 
 def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise():
-    from efficientdet_tf.datasets.writer import Progress
+    from efficientdet_tf.utils.progress import CountProgress
 
     class Stream(io.StringIO):
         def __init__(self, tty: bool):
@@ -492,9 +492,9 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise():
 
     for tty in (False, True):
         stream = Stream(tty)
-        progress = Progress(20, stream=stream)
-        for _ in range(20):
-            progress.update()
+        progress = CountProgress(20, stream=stream)
+        for done in range(1, 21):
+            progress.update(done)
         progress.close()
         text = stream.getvalue()
         if tty:

@@ -183,14 +183,94 @@ def test_original_image_undoes_normalisation_and_resize(tmp_path, size,
     assert np.abs(restored.astype(int) - image).mean() < 3.0
 
 
-def test_original_image_geometry_matches_pipeline():
-    """``original_image`` crops the region the pipeline filled: the same
-    float32 size computation as ``augment.scale_geometry``."""
-    for size in [(100, 80), (64, 120), (200, 150), (77, 131)]:
-        geometry = augment.scale_geometry(tf.constant(size), (128, 128))
-        scale = np.float32(geometry.scale.numpy())
-        computed = [int(np.float32(v) * scale) for v in size]
-        assert computed == list(geometry.scaled_size.numpy())
+def eval_input(image, config):
+    """The eval pipeline's network input and labels for a uint8 image."""
+    example = make_example(image, [(0, 0, 8, 8)], [1], "1")
+    network_input, labels = parse_example(
+        tf.constant(encode_example(example)), config, training=False)
+    return network_input.numpy(), labels
+
+
+def test_original_image_maps_the_eval_input_back_by_hand():
+    """A 32x64 image into the 128x128 input and back, every pixel known.
+
+    Scale min(128/32, 128/64) = 2: the image fills rows 0-63, rows 64-127
+    are padding (0 once normalised). Channel 0 steps from 31 to 223 at
+    column 32, channel 1 from 223 to 31 at row 16, channel 2 is 159; with
+    mean 127 and stddev 128 these are -0.75, 0.75 and 0.25, and every
+    bilinear weight is a power of two, so all values are exact. Upsampling
+    by 2 (half-pixel centres) mixes the two sides 3:1 and 1:3 in input
+    columns 63 and 64; downsampling by 2 averages input columns 2i and
+    2i + 1, so original column i returns as 3/4 x[i] + 1/8 (x[i-1] +
+    x[i+1]): unchanged away from the step, 7/8 * 31 + 1/8 * 223 = 55 and
+    7/8 * 223 + 1/8 * 31 = 199 on either side of it. Padding read back
+    would show as 127 in channel 2.
+    """
+    config = tiny_config(mean_rgb=127.0, stddev_rgb=128.0)
+    image = np.empty((32, 64, 3), np.uint8)
+    image[..., 0] = np.where(np.arange(64) < 32, 31, 223)
+    image[..., 1] = np.where(np.arange(32) < 16, 223, 31)[:, None]
+    image[..., 2] = 159
+    network_input, labels = eval_input(image, config)
+
+    assert float(labels["image_scale"]) == 2.0
+    np.testing.assert_array_equal(labels["image_size"], [32, 64])
+    np.testing.assert_array_equal(
+        network_input[:64, :, 0],
+        np.tile([-0.75] * 63 + [-0.375, 0.375] + [0.75] * 63, (64, 1)))
+    np.testing.assert_array_equal(
+        network_input[:64, :, 1],
+        np.tile(np.array([0.75] * 31 + [0.375, -0.375] + [-0.75] * 31)[:, None],
+                (1, 128)))
+    np.testing.assert_array_equal(network_input[:64, :, 2], 0.25)
+    np.testing.assert_array_equal(network_input[64:], 0.0)
+
+    restored = original_image(network_input, float(labels["image_scale"]),
+                              (32, 64), config.mean_rgb, config.stddev_rgb)
+    assert restored.shape == (32, 64, 3) and restored.dtype == np.uint8
+    np.testing.assert_array_equal(
+        restored[..., 0], np.tile([31] * 31 + [55, 199] + [223] * 31, (32, 1)))
+    np.testing.assert_array_equal(
+        restored[..., 1],
+        np.tile(np.array([223] * 15 + [199, 55] + [31] * 15)[:, None], (1, 64)))
+    np.testing.assert_array_equal(restored[..., 2], 159)
+
+
+# (original size, region the pipeline fills in the 128x128 input). 30x41:
+# 41 * float32(128 / 41) rounds below 128, so the pipeline leaves a padding
+# column that exact arithmetic would not; 30x43: 43 * float32(128 / 43) is
+# 128 in float32 but 127.99... in float64.
+FILLED_REGIONS = [((100, 80), (128, 102)), ((64, 120), (68, 128)),
+                  ((200, 150), (128, 96)), ((77, 131), (75, 128)),
+                  ((30, 41), (93, 127)), ((30, 43), (89, 128))]
+
+
+@pytest.mark.parametrize("size, filled", FILLED_REGIONS,
+                         ids=[f"{h}x{w}" for (h, w), _ in FILLED_REGIONS])
+def test_original_image_geometry_matches_pipeline(size, filled):
+    """``original_image`` crops exactly the region the pipeline filled (its
+    size in float32 like ``augment.scale_geometry``): the region is read
+    off the pipeline's own output, then random content in it with extreme
+    padding around it must come back as that region resized, and nothing
+    else, so one row or column too many or too few shows."""
+    config = tiny_config(mean_rgb=127.0, stddev_rgb=128.0)
+    network_input, labels = eval_input(np.full((*size, 3), 223, np.uint8),
+                                       config)
+    content = np.any(network_input != 0.0, axis=-1)
+    rows, cols = int(content.any(1).sum()), int(content.any(0).sum())
+    assert (rows, cols) == filled
+    assert content[:rows, :cols].all() and content.sum() == rows * cols
+    geometry = augment.scale_geometry(tf.constant(size), (128, 128))
+    assert tuple(geometry.scaled_size.numpy()) == filled
+
+    rng = np.random.default_rng(sum(size))
+    probe = np.full(network_input.shape, 10.0, np.float32)  # 255 once clipped
+    probe[:rows, :cols] = rng.uniform(-0.9, 0.9, (rows, cols, 3))
+    restored = original_image(probe, float(labels["image_scale"]), size,
+                              config.mean_rgb, config.stddev_rgb)
+    region = tf.image.resize(probe[:rows, :cols] * 128.0 + 127.0, size).numpy()
+    np.testing.assert_array_equal(restored,
+                                  np.clip(np.round(region), 0, 255))
 
 
 # --- end to end on records ---------------------------------------------------

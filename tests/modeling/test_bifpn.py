@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientdet_tf.modeling.bifpn import (FNode, FNodeSpec, ResampleFeatureMap,
-                                   bifpn_topology, fusion_weights)
+from efficientdet_tf.config import ConfigError
+from efficientdet_tf.modeling.bifpn import FNode, ResampleFeatureMap, fusion_weights
+from efficientdet_tf.modeling.fpn_topologies import (FPN_TOPOLOGIES, FNodeSpec,
+                                                     bifpn_topology, fpn_topology,
+                                                     qufpn_topology,
+                                                     topology_from_nodes)
 
 
 def test_topology_levels_3_to_7_is_the_official_graph():
@@ -19,6 +23,41 @@ def test_topology_levels_3_to_8_has_ten_nodes():
     nodes = bifpn_topology(3, 8)
     assert len(nodes) == 10
     assert nodes[-1] == FNodeSpec(8, (5, 14))
+
+
+def test_qufpn_levels_3_to_7_is_automl_graph():
+    """BiFPN's eight nodes, then a bottom-up and a top-down path from the
+    inputs again (13 fuses the inputs P4 and P3), then one node per level
+    fusing the two paths' outputs."""
+    expected = [(6, (3, 4)), (5, (2, 5)), (4, (1, 6)), (3, (0, 7)),
+                (4, (1, 7, 8)), (5, (2, 6, 9)), (6, (3, 5, 10)), (7, (4, 11)),
+                (4, (1, 0)), (5, (2, 13)), (6, (3, 14)), (7, (4, 15)),
+                (6, (3, 15, 16)), (5, (2, 14, 17)), (4, (1, 13, 18)),
+                (3, (0, 19)),
+                (7, (12, 16)), (6, (11, 17)), (5, (10, 18)), (4, (9, 19)),
+                (3, (8, 20))]
+    assert qufpn_topology(3, 7) == [FNodeSpec(l, i) for l, i in expected]
+
+
+def test_topologies_are_selected_by_name_or_given_as_nodes():
+    assert set(FPN_TOPOLOGIES) == {"bifpn", "bifpn_dyn", "qufpn"}
+    assert fpn_topology("bifpn_dyn", None, 3, 7) == bifpn_topology(3, 7)
+    nodes = [node.as_config() for node in bifpn_topology(3, 5)]
+    assert fpn_topology("qufpn", {"nodes": nodes}, 3, 5) == bifpn_topology(3, 5)
+    with pytest.raises(ConfigError, match="unknown fpn_name 'pan'.*qufpn"):
+        fpn_topology("pan", None, 3, 7)
+
+
+@pytest.mark.parametrize("nodes,message", [
+    ([{"feat_level": 3, "inputs": [0, 1]}], r"nodes\[0\]: expected"),
+    ([{"feat_level": 2, "inputs_offsets": [0, 1]}], "outside min_level"),
+    ([{"feat_level": 3, "inputs_offsets": [0, 2]}], r"0\.\.1 \(0\.\.1 are"),
+    ([{"feat_level": 3, "inputs_offsets": []}], "earlier nodes"),
+    ([{"feat_level": 3, "inputs_offsets": [0, 1]}], r"no node for level\(s\) \[4\]"),
+])
+def test_explicit_nodes_are_checked(nodes, message):
+    with pytest.raises(ConfigError, match=message):
+        topology_from_nodes(nodes, 3, 4)
 
 
 @pytest.mark.parametrize("method", ["fastattn", "channel_fastattn"])

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientdet_tf.config import get_config
-from efficientdet_tf.modeling.model import build_model, custom_objects
+from efficientdet_tf.config import ConfigError, get_config
+from efficientdet_tf.modeling.fpn_topologies import bifpn_topology, qufpn_topology
+from efficientdet_tf.modeling.model import build_model
 
 from tests.conftest import tiny_official_model
 
@@ -97,17 +98,86 @@ def test_tf_function_with_dynamic_batch():
     assert len(forward._list_all_concrete_functions()) == 1
 
 
-def test_get_config_from_config_round_trip():
-    model = build_model(small_config(num_classes=4))
-    clone = keras.Model.from_config(model.get_config(),
-                                    custom_objects=custom_objects())
-    images = tf.random.normal([1, 128, 128, 3], seed=0)
-    clone(images)
+def assert_same_network(model: keras.Model, clone: keras.Model,
+                        images: tf.Tensor) -> None:
     assert [w.path for w in clone.weights] == [w.path for w in model.weights]
-    clone.set_weights(model.get_weights())
     for ours, theirs in zip(tf.nest.flatten(model(images)),
                             tf.nest.flatten(clone(images))):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_get_config_from_config_round_trip():
+    """The layers are registered: no ``custom_objects`` needed."""
+    model = build_model(small_config(num_classes=4))
+    clone = keras.Model.from_config(model.get_config())
+    images = tf.random.normal([1, 128, 128, 3], seed=0)
+    clone(images)
+    clone.set_weights(model.get_weights())
+    assert_same_network(model, clone, images)
+
+
+def test_keras_file_save_and_load(tmp_path):
+    model = build_model(small_config(num_classes=4, fpn_cell_repeats=1,
+                                     box_class_repeats=1))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    assert_same_network(model, keras.saving.load_model(path),
+                        tf.random.normal([1, 128, 128, 3], seed=0))
+
+
+def one_cell_config(**overrides):
+    """D0 at 128 px with one cell and one head repeat: quick to build."""
+    return small_config(fpn_cell_repeats=1, box_class_repeats=1, **overrides)
+
+
+def test_fpn_name_selects_a_registered_topology():
+    model = build_model(one_cell_config(fpn_name="qufpn"))
+    cell = model.get_layer("fpn_cells").cells[0]
+    assert cell.topology == qufpn_topology(3, 7)
+    assert [node.name for node in cell.fnodes][-1] == "fnode20"
+    class_outputs, _ = model(tf.zeros([1, 128, 128, 3]))
+    assert [tuple(c.shape[1:3]) for c in class_outputs] == [
+        (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+def test_fpn_config_nodes_win_over_fpn_name():
+    """The default graph written out as explicit nodes is the default
+    network, variable for variable, whatever fpn_name says."""
+    nodes = [node.as_config() for node in bifpn_topology(3, 7)]
+    explicit = build_model(one_cell_config(fpn_name="qufpn",
+                                           fpn_config={"nodes": nodes}))
+    default = build_model(one_cell_config())
+    assert [(w.path, w.shape) for w in explicit.weights] == [
+        (w.path, w.shape) for w in default.weights]
+
+
+def test_fpn_config_weight_method_is_used():
+    nodes = [node.as_config() for node in bifpn_topology(3, 7)]
+    model = build_model(one_cell_config(
+        fpn_config={"nodes": nodes, "weight_method": "sum"}))
+    assert not any("WSM" in w.path for w in model.weights)
+
+
+def test_backbone_config_blocks_replace_the_stages():
+    blocks = ["r1_k3_s11_e1_i32_o16_se0.25", "r1_k3_s22_e6_i16_o24_se0.25",
+              "r1_k5_s22_e6_i24_o40_se0.25", "r1_k3_s22_e6_i40_o80_se0.25",
+              "r1_k3_s22_e6_i80_o96_se0.25"]
+    model = build_model(one_cell_config(backbone_config={"blocks": blocks}))
+    assert len(model.get_layer("efficientnet-b0").blocks) == 5
+    class_outputs, _ = model(tf.zeros([1, 128, 128, 3]))
+    assert [c.shape[1] for c in class_outputs] == [16, 8, 4, 2, 1]
+    with pytest.raises(ConfigError, match="reduce the image 4 times"):
+        build_model(one_cell_config(backbone_config={"blocks": blocks[:-1]}))
+    with pytest.raises(ConfigError, match="block string 'r1_k3'"):
+        build_model(one_cell_config(backbone_config={"blocks": ["r1_k3"]}))
+
+
+@pytest.mark.parametrize("name,survival", [
+    ("efficientdet-d0", None), ("efficientdet-d1", 0.8),
+    ("efficientdet-lite0", 0.8)])
+def test_backbone_drop_connect_comes_from_the_config(name, survival):
+    backbone = tiny_official_model(name).get_layer(get_config(name).backbone_name)
+    assert backbone.survival_prob == survival
 
 
 def test_training_flag_changes_batch_norm_behaviour():

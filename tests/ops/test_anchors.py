@@ -276,8 +276,10 @@ def test_labeler_inside_tf_data_with_padded_boxes():
     assert [t.shape for t in batch.cls_targets] == [(3, 2, 4, 4), (3, 1, 2, 4)]
     for i, (b, c) in enumerate(images):
         want = anchors_lib.label_anchors(b, np.int64(c), config)
-        for got_level, want_level in zip(batch.cls_targets, want.cls_targets):
+        for got_level, want_level in zip(batch.cls_targets, want.cls_targets,
+                                         strict=True):
             np.testing.assert_array_equal(got_level[i], want_level)
-        for got_level, want_level in zip(batch.box_targets, want.box_targets):
+        for got_level, want_level in zip(batch.box_targets, want.box_targets,
+                                         strict=True):
             np.testing.assert_allclose(got_level[i], want_level)
         assert float(batch.num_positives[i]) == float(want.num_positives)

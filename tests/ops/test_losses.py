@@ -67,7 +67,8 @@ def test_detection_loss_follows_automl_normalisation():
     assert normalizer > 2 and (targets.cls_targets[0].numpy()[1, 0, 0, 0] == -2)
     cls_sum = box_sum = 0.0
     for logits, cls_t, box_t, box_o in zip(cls_out, targets.cls_targets,
-                                           targets.box_targets, box_out):
+                                           targets.box_targets, box_out,
+                                           strict=True):
         cls_t = cls_t.numpy()
         onehot = (np.eye(config.num_classes)[np.maximum(cls_t, 0)] *
                   (cls_t >= 0)[..., None])
@@ -97,7 +98,8 @@ def test_class_loss_gradient_equals_autodiff_of_focal_loss(gamma, smoothing, dty
 
     def reference(logits_per_level):
         total = 0.0
-        for logits, cls_t in zip(logits_per_level, targets.cls_targets):
+        for logits, cls_t in zip(logits_per_level, targets.cls_targets,
+                                 strict=True):
             shape = tf.concat([tf.shape(cls_t), [config.num_classes]], 0)
             onehot = tf.one_hot(tf.cast(cls_t, tf.int32), config.num_classes)
             loss = focal_loss(tf.reshape(logits, shape), onehot, config.alpha,
@@ -111,7 +113,8 @@ def test_class_loss_gradient_equals_autodiff_of_focal_loss(gamma, smoothing, dty
         ours = detection_loss(cls_out, box_out, targets, config)["cls_loss"]
         theirs = reference(cls_out)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
-    for got, want in zip(tape.gradient(ours, cls_out), tape.gradient(theirs, cls_out)):
+    for got, want in zip(tape.gradient(ours, cls_out),
+                         tape.gradient(theirs, cls_out), strict=True):
         assert got.dtype == dtype
         assert np.all(np.isfinite(got.numpy()))
         np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=1e-3,
@@ -131,12 +134,14 @@ def test_iou_loss_is_zero_for_perfect_boxes_and_hand_value_for_anchors():
     losses = detection_loss(cls_out, zeros, targets, config)
     expected = 0.0
     for level, (cls_t, box_t) in enumerate(zip(targets.cls_targets,
-                                               targets.box_targets)):
+                                               targets.box_targets,
+                                               strict=True)):
         anchors = np.broadcast_to(anchors_lib.level_anchors(config)[level],
                                   cls_t.shape + (4,))
         gt = anchors_lib.decode_boxes(tf.reshape(box_t, cls_t.shape + (4,)), anchors)
         giou = anchors_lib.box_iou(anchors, gt, "giou").numpy()
         expected += (1 - giou)[cls_t.numpy() >= 0].sum()
+    assert expected > 0  # anchors are not their boxes: a loss to match
     normalizer = float(tf.reduce_sum(targets.num_positives)) + 1
     np.testing.assert_allclose(losses["box_iou_loss"], expected / (4 * normalizer),
                                rtol=1e-5)

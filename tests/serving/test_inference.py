@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientdet_tf.serving.inference import (InferenceError, Progress,
+from efficientdet_tf.serving.inference import (InferenceError,
                                        SavedModelDetector, coco_image_id,
                                        list_images, run_inference)
+from efficientdet_tf.utils.progress import CountProgress
 
 from tests.serving.serving_helpers import (run_cli, sample_images, small_export,
                              small_model)
@@ -107,8 +108,8 @@ def test_frozen_pb_infers_like_its_saved_model(export_dir, image_folder,
         assert done.returncode == 0, done.stderr[-3000:]
         reports[name] = {pathlib.Path(r["file"]).name: r for r in json.loads(
             (out / "detections.json").read_text())["images"]}
-    assert sorted(reports["frozen"]) == ["000000000042.jpg", "crop.png",
-                                         "mirror.png"]
+    assert sorted(reports["frozen"]) == sorted(reports["saved_model"]) == [
+        "000000000042.jpg", "crop.png", "mirror.png"]
     for file, want in reports["saved_model"].items():
         got = reports["frozen"][file]
         assert got["classes"] == want["classes"] and got["names"] == want["names"]
@@ -130,7 +131,7 @@ def test_fixed_batch_pads_and_dynamic_batch_agree(export_dir, image_folder,
     from efficientdet_tf.serving.inference import GraphDetector
     files = [str(image_folder / n) for n in ("000000000042.jpg",
                                              "mirror.png", "crop.png")]
-    quiet = Progress(3, io.StringIO())
+    quiet = CountProgress(3, io.StringIO())
     saved = SavedModelDetector(str(export_dir))
     assert saved.batch_size is None and saved.label_map[2] == "dog"
     one = run_inference(saved, files, batch_size=1, min_score_thresh=0.3,
@@ -140,10 +141,14 @@ def test_fixed_batch_pads_and_dynamic_batch_agree(export_dir, image_folder,
     fixed = GraphDetector(ServingGraph(*small_model(fixtures_dir),
                                        batch_size=2))
     padded = run_inference(fixed, files, min_score_thresh=0.3, progress=quiet)
-    for a, b, c in zip(one.results, two.results, padded.results):
+    assert len(one.results) == len(files)
+    for a, b, c in zip(one.results, two.results, padded.results, strict=True):
+        assert a.file == b.file == c.file
+        assert a.classes, f"{a.file}: no detection at 0.3 to compare"
         assert a.classes == b.classes == c.classes
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
         np.testing.assert_allclose(a.scores, c.scores, atol=1e-4)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
         np.testing.assert_allclose(a.boxes, c.boxes, atol=0.05)
 
 
@@ -166,10 +171,14 @@ def test_infer_from_checkpoint_matches_the_export(fixtures_dir, export_dir,
     ours = json.loads((tmp_path / "out" / "detections.json").read_text())
     export = run_inference(SavedModelDetector(str(export_dir)), files,
                            min_score_thresh=0.3,
-                           progress=Progress(2, io.StringIO()))
-    for mine, theirs in zip(ours["images"], export.results):
+                           progress=CountProgress(2, io.StringIO()))
+    assert len(export.results) == len(files)
+    for mine, theirs in zip(ours["images"], export.results, strict=True):
+        assert mine["file"] == theirs.file
+        assert theirs.classes, f"{theirs.file}: no detection at 0.3 to compare"
         assert mine["classes"] == theirs.classes
         np.testing.assert_allclose(mine["scores"], theirs.scores, atol=1e-4)
+        np.testing.assert_allclose(mine["boxes"], theirs.boxes, atol=0.05)
 
 
 def test_saved_model_benchmark_and_dry(export_dir, capsys):

@@ -218,7 +218,9 @@ def test_resume_equals_uninterrupted_training(trained, tmp_path):
     assert resumed.step == 25 and "resuming from" in stream.getvalue()
     assert "starts fresh" not in stream.getvalue()
     reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-5"))
-    for name, variable in trainer_state.optimizer_variables(resumed.optimizer).items():
+    slots = trainer_state.optimizer_variables(resumed.optimizer)
+    assert sum(name.endswith("_momentum") for name in slots) > 10, sorted(slots)[:5]
+    for name, variable in slots.items():
         key = f"optimizer/{name}/.ATTRIBUTES/VARIABLE_VALUE"
         np.testing.assert_array_equal(variable.numpy(), reader.get_tensor(key))
     assert int(resumed.optimizer.iterations.numpy()) == 25
@@ -399,8 +401,12 @@ for name, strategy in [("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
                            train_batch_size=2, num_examples_per_epoch=10,
                            deterministic=True)
     trainer = Trainer(config, options, strategy, stream=io.StringIO())
+    start = {{n: v.numpy() for n, v in official_variable_map(trainer.model).items()}}
     trainer.train(until_step=2)
     values = {{n: v.numpy() for n, v in official_variable_map(trainer.model).items()}}
+    changes = {{n: np.abs(values[n] - start[n]).max() / (np.abs(start[n]).max() + 1e-3)
+               for n in start}}
+    print(name, "largest relative change", max(changes.values()), max(changes, key=changes.get))
     values.update({{"ema:" + n: v.numpy() for n, v in trainer.ema.shadows.items()}})
     runs.append(values)
 one, two = runs
@@ -413,10 +419,11 @@ def test_two_replicas_train_like_one_device_with_the_global_batch(records, tmp_p
     """Two steps with batch 2 on one device and 1+1 on two mirrored CPU
     replicas give the same weights and EMA: loss normaliser, L2 share,
     gradient sum and clipping (active at 0.01; clipping per replica fails
-    this) combine right. Batch norms are frozen (their batch statistics
-    differ per replica by design), and the backbone to keep the graph
-    small. A fresh process: logical devices must be set before TensorFlow
-    starts."""
+    this) combine right, and the weights did move. Batch norms are frozen
+    (they run on their moving statistics; the synchronized batch norm is
+    compared with one device in the next test), and the backbone to keep
+    the graph small. A fresh process: logical devices must be set before
+    TensorFlow starts."""
     train = {**TRAIN, "moving_average_decay": 0.5, "clip_gradients_norm": 0.01,
              "var_freeze_expr": "(efficientnet|.*batch_normalization|.*bn)"}
     script = MIRRORED_CHECK.format(train=train, pattern=records)
@@ -426,3 +433,86 @@ def test_two_replicas_train_like_one_device_with_the_global_batch(records, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     worst = float(done.stdout.split("worst relative difference")[1].split()[0])
     assert worst < 1e-4 and math.isfinite(worst), done.stdout
+    # Not two untrained copies of one initialisation: both runs trained.
+    for name in ("one", "two"):
+        moved = float(done.stdout.split(f"{name} largest relative change")[1].split()[0])
+        assert moved > 100 * worst, done.stdout
+
+
+SYNC_BN_CHECK = """
+import sys, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from efficientdet_tf.modeling.layers import FusedBatchNormalization, batch_norm
+from efficientdet_tf.training.trainer import synchronize_batch_norms
+images = np.load(sys.argv[1])
+results = {}
+for name, strategy in [("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                       ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+    with strategy.scope():
+        model = keras.Sequential([keras.Input(images.shape[1:]), batch_norm("bn", 0.5, 1e-3)])
+        synchronize_batch_norms(model)
+        (layer,) = model.layers
+        assert type(layer) is FusedBatchNormalization and layer.synchronized
+        layer.gamma.assign([0.5, 2.0, 1.5])
+        layer.beta.assign([0.1, -0.3, 0.7])
+    step = tf.function(lambda batch: strategy.run(lambda x: model(x, training=True),
+                                                  args=(batch,)))
+    batches = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(images).batch(2))
+    for k, batch in enumerate(batches):
+        results[f"{name}/outputs/{k}"] = strategy.gather(step(batch), axis=0).numpy()
+        results[f"{name}/moving_mean/{k}"] = layer.moving_mean.numpy()
+        results[f"{name}/moving_variance/{k}"] = layer.moving_variance.numpy()
+    results[f"{name}/replicas"] = strategy.num_replicas_in_sync
+np.savez(sys.argv[2], **results)
+"""
+
+
+def test_synchronized_batch_norm_on_two_replicas_matches_one_device(tmp_path):
+    """The library's synchronized batch norm (``batch_norm`` made
+    synchronized by ``synchronize_batch_norms``, as the trainer does) over
+    two mirrored CPU replicas of batch 1 normalises and keeps moving
+    statistics exactly as one device with the batch of 2, for two steps.
+    The two images of a step have means 4 apart (-2 and 2, then -1 and 3),
+    so statistics per replica (variance ~1 against ~5) would show; the moving variance
+    averages the unbiased variance with n = 2 * 4 * 4 = 32, the global
+    count (n = 16 per replica would be 3 % off). Checked against NumPy too.
+    A fresh process: logical devices must be set before TensorFlow starts."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(0.0, 1.0, (4, 4, 4, 3)).astype(np.float32)
+    images += np.float32([-2.0, 2.0, -1.0, 3.0])[:, None, None, None]
+    np.save(tmp_path / "images.npy", images)
+    done = subprocess.run(
+        [sys.executable, "-c", SYNC_BN_CHECK, str(tmp_path / "images.npy"),
+         str(tmp_path / "results.npz")],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = dict(np.load(tmp_path / "results.npz"))
+    assert (results["one/replicas"], results["two/replicas"]) == (1, 2)
+
+    gamma, beta = np.float32([0.5, 2.0, 1.5]), np.float32([0.1, -0.3, 0.7])
+    epsilon = 1e-3
+    moving_mean, moving_variance = np.zeros(3), np.ones(3)
+    for k in range(2):
+        batch = images[2 * k:2 * k + 2].astype(np.float64)
+        mean, variance = batch.mean(axis=(0, 1, 2)), batch.var(axis=(0, 1, 2))
+        per_replica = batch.var(axis=(1, 2)).mean(axis=0)
+        assert np.all(variance > 2 * per_replica)  # the data tells them apart
+        moving_mean = 0.5 * moving_mean + 0.5 * mean
+        moving_variance = 0.5 * moving_variance + 0.5 * variance * 32 / 31
+        outputs = gamma * (batch - mean) / np.sqrt(variance + epsilon) + beta
+        for name in ("one", "two"):
+            np.testing.assert_allclose(results[f"{name}/outputs/{k}"], outputs,
+                                       rtol=1e-5, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(results[f"{name}/moving_mean/{k}"],
+                                       moving_mean, rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
+            np.testing.assert_allclose(results[f"{name}/moving_variance/{k}"],
+                                       moving_variance, rtol=1e-5, err_msg=name)
+        for key in ("outputs", "moving_mean", "moving_variance"):
+            np.testing.assert_allclose(results[f"two/{key}/{k}"],
+                                       results[f"one/{key}/{k}"], rtol=1e-5,
+                                       atol=1e-6, err_msg=key)

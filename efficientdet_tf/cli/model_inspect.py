@@ -1,0 +1,311 @@
+"""Inspect, convert and export EfficientDet models from the command line.
+
+A thin CLI: it parses flags and dispatches ``--runmode`` to a library
+function, so everything it does is testable from ``efficientdet_tf``.
+
+  python model_inspect.py --runmode=convert_ckpt --model_name=efficientdet-d0 \\
+      --ckpt_path=efficientdet-d0/ --model_dir=/tmp/d0_native
+  python model_inspect.py --runmode=saved_model --model_name=efficientdet-d0 \\
+      --ckpt_path=efficientdet-d0/ --saved_model_dir=/tmp/d0_export
+  python model_inspect.py --runmode=saved_model_infer \\
+      --saved_model_dir=/tmp/d0_export --input_image='photos/*.jpg' \\
+      --output_image_dir=/tmp/out --min_score_thresh=0.4
+  python model_inspect.py --runmode=tflite --ckpt_path=efficientdet-d0/ \\
+      --output_dir=/tmp/tflite --tflite=fp32,int8 \\
+      --representative_data='data/val-*.tfrecord'
+
+Models come from --model_name + --hparams (a config.yaml written by an
+export or convert_ckpt works) + --ckpt_path (EMA weights when present).
+Installed with pip, this is the ``efficientdet-inspect`` command.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+
+from efficientdet_tf.cli.command import Parser, UsageError, positive_int, run
+
+if TYPE_CHECKING:  # TensorFlow is imported only when a runmode runs
+    import keras
+
+    from efficientdet_tf.config import Config
+    from efficientdet_tf.serving.inference import (Detector,
+                                                   FrozenGraphDetector,
+                                                   SavedModelDetector)
+
+PROG = "model_inspect.py"
+
+
+def convert_ckpt(flags: argparse.Namespace) -> None:
+    """Official (or native) checkpoint -> native checkpoint + config.yaml."""
+    from efficientdet_tf.modeling.checkpoint import convert_checkpoint
+    from efficientdet_tf.utils.files import CONFIG_FILE
+    prefix, report = convert_checkpoint(flags.model_name, flags.ckpt_path,
+                                        flags.model_dir, flags.hparams)
+    print(report.summary())
+    print(f"wrote {prefix} and {os.path.join(flags.model_dir, CONFIG_FILE)}")
+
+
+def _model(flags: argparse.Namespace) -> tuple[keras.Model, Config]:
+    """The flags' model, saying which weights it got (random ones are
+    legitimate for dry runs and benchmarks, so they are only announced)."""
+    from efficientdet_tf.serving.export import load_model
+    model, config, report = load_model(flags.model_name, flags.ckpt_path,
+                                       flags.hparams)
+    if report:
+        print(report.summary())
+    else:
+        print("no --ckpt_path: random weights")
+    return model, config
+
+
+def saved_model(flags: argparse.Namespace) -> None:
+    """Checkpoint -> SavedModel (serving_default, serving_bytes, predict)."""
+    from efficientdet_tf.serving.export import export_saved_model, frozen_graph_name
+    model, config = _model(flags)
+    path = export_saved_model(model, config, flags.saved_model_dir,
+                              flags.batch_size)
+    print(f"wrote SavedModel {path} (batch "
+          f"{flags.batch_size or 'dynamic'}; config.yaml and label_map.yaml "
+          f"in assets.extra/; frozen graph {frozen_graph_name(config)})")
+
+
+def _infer(flags: argparse.Namespace, detector: Detector) -> None:
+    from efficientdet_tf.serving.inference import list_images, run_inference
+    summary = run_inference(
+        detector, list_images(flags.input_image),
+        batch_size=flags.batch_size or 1,
+        output_image_dir=flags.output_image_dir,
+        min_score_thresh=flags.min_score_thresh,
+        max_boxes_to_draw=flags.max_boxes_to_draw,
+        output_json=flags.output_json,
+        coco_results_json=flags.coco_results_json)
+    print(summary.text())
+
+
+def _exported(flags: argparse.Namespace
+              ) -> SavedModelDetector | FrozenGraphDetector:
+    """The detector of --saved_model_dir: a SavedModel directory, or a
+    frozen ``.pb`` (as automl users pass ``<dir>/<model_name>_frozen.pb``)
+    whose config comes from the SavedModel around it, else from
+    --model_name and --hparams."""
+    from efficientdet_tf.config import get_config
+    from efficientdet_tf.serving.inference import (FrozenGraphDetector,
+                                           SavedModelDetector,
+                                           export_config_near)
+    path = flags.saved_model_dir
+    if not path.endswith(".pb"):
+        return SavedModelDetector(path)
+    found = export_config_near(path)
+    if found is None:
+        config = get_config(flags.model_name, flags.hparams)
+        found = config, dict(config.label_map or {})
+    return FrozenGraphDetector(path, *found)
+
+
+def saved_model_infer(flags: argparse.Namespace) -> None:
+    """Exported SavedModel (or frozen graph) over --input_image."""
+    _infer(flags, _exported(flags))
+
+
+def infer(flags: argparse.Namespace) -> None:
+    """Checkpoint over --input_image, in process (no export)."""
+    from efficientdet_tf.serving.export import ServingGraph
+    from efficientdet_tf.serving.inference import GraphDetector
+    model, config = _model(flags)
+    _infer(flags, GraphDetector(ServingGraph(model, config)))
+
+
+def freeze(flags: argparse.Namespace) -> None:
+    """Checkpoint -> frozen GraphDef of serving_default."""
+    from efficientdet_tf.serving.export import freeze_graph, frozen_graph_name
+    model, config = _model(flags)
+    frozen = freeze_graph(model, config, os.path.join(
+        flags.output_dir, frozen_graph_name(config)), flags.batch_size)
+    print(f"wrote {frozen.path}\n  inputs: {frozen.inputs}\n  outputs: "
+          f"{frozen.outputs}")
+
+
+def tflite(flags: argparse.Namespace) -> None:
+    """Checkpoint -> .tflite files (fp32 / fp16 / int8)."""
+    from efficientdet_tf.serving.tflite_export import check_request, export_tflite
+    quantizations = [q.strip().lower() for q in flags.tflite.split(",")
+                     if q.strip()]
+    check_request(quantizations, flags.representative_data)
+    model, config = _model(flags)
+    written = export_tflite(model, config, flags.output_dir, quantizations,
+                            flags.representative_data,
+                            flags.num_calibration_steps, flags.batch_size or 1)
+    height, width = config.image_size
+    for quantization, path in written.items():
+        print(f"wrote {path} (input uint8 [{flags.batch_size or 1}, {height}, "
+              f"{width}, 3], letterboxed)")
+
+
+def onnx(flags: argparse.Namespace) -> None:
+    """Checkpoint -> .onnx (NMS included), checked with onnxruntime."""
+    import numpy as np
+
+    from efficientdet_tf.serving.onnx_export import OnnxDetector, export_onnx
+    model, config = _model(flags)
+    path = export_onnx(model, config, os.path.join(
+        flags.output_dir, f"{config.name}.onnx"), flags.batch_size,
+        flags.opset)
+    count = OnnxDetector(path).detect(np.zeros(
+        (flags.batch_size or 1, *config.image_size, 3), np.uint8))[
+            "num_detections"]
+    print(f"wrote {path} (onnxruntime ran it: {count.tolist()} detections "
+          "on a black image)")
+
+
+def saved_model_benchmark(flags: argparse.Namespace) -> None:
+    """End-to-end latency of an exported SavedModel (or frozen graph)."""
+    from efficientdet_tf.serving.inference import FrozenGraphDetector
+    detector = _exported(flags)
+    function = (detector.function if isinstance(detector, FrozenGraphDetector)
+                else detector.signatures["serving_default"])
+    _benchmark(flags, function, detector.config)
+
+
+def benchmark(flags: argparse.Namespace) -> None:
+    """End-to-end latency of a checkpoint's serving function, in process."""
+    from efficientdet_tf.serving.export import SERVING_DEFAULT, ServingGraph
+    model, config = _model(flags)
+    _benchmark(flags, ServingGraph(model, config).functions()[SERVING_DEFAULT],
+               config)
+
+
+def _benchmark(flags: argparse.Namespace, function: Callable[..., Any],
+               config: Config) -> None:
+    from efficientdet_tf.serving.inference import benchmark_serving
+    stats = benchmark_serving(function, config.image_size,
+                              flags.batch_size or 1, flags.bm_runs,
+                              flags.warmup_runs)
+    height, width = config.image_size
+    print(f"{config.name} end-to-end on {height}x{width} uint8 images: "
+          f"{stats.text()}")
+
+
+def dry(flags: argparse.Namespace) -> None:
+    """Build, one end-to-end forward pass, parameters and FLOPs."""
+    import numpy as np
+
+    from efficientdet_tf.serving.export import SERVING_DEFAULT, ServingGraph
+    from efficientdet_tf.utils.profiling import count_flops, count_params
+    model, config = _model(flags)
+    outputs = ServingGraph(model, config).functions()[SERVING_DEFAULT](
+        np.zeros((1, *config.image_size, 3), np.uint8))
+    print(f"{config.name} {config.image_size[0]}x{config.image_size[1]}: "
+          f"forward pass ok, detection_boxes "
+          f"{tuple(outputs['detection_boxes'].shape)}")
+    print(f"trainable parameters {count_params(model):,}, all "
+          f"{count_params(model, trainable_only=False):,}; "
+          f"{count_flops(model) / 1e9:.3f}B multiply-adds per image")
+
+
+class Runmode(NamedTuple):
+    run: Callable[[argparse.Namespace], None]
+    required: tuple[str, ...]  # flags that must be given
+
+
+RUNMODES: dict[str, Runmode] = {
+    "convert_ckpt": Runmode(convert_ckpt, ("ckpt_path", "model_dir")),
+    "saved_model": Runmode(saved_model, ("ckpt_path", "saved_model_dir")),
+    "saved_model_infer": Runmode(saved_model_infer, (
+        "saved_model_dir", "input_image", "output_image_dir")),
+    "infer": Runmode(infer, ("ckpt_path", "input_image", "output_image_dir")),
+    "freeze": Runmode(freeze, ("ckpt_path", "output_dir")),
+    "tflite": Runmode(tflite, ("ckpt_path", "output_dir")),
+    "onnx": Runmode(onnx, ("ckpt_path", "output_dir")),
+    "saved_model_benchmark": Runmode(saved_model_benchmark,
+                                     ("saved_model_dir",)),
+    "benchmark": Runmode(benchmark, ()),
+    "dry": Runmode(dry, ()),
+}
+
+
+def build_parser() -> Parser:
+    """automl's model_inspect.py flags, with the same names and meanings."""
+    parser = Parser(PROG, __doc__)
+    parser.add_argument("--runmode", required=True, choices=sorted(RUNMODES),
+                        help="what to do. convert_ckpt: official automl "
+                        "checkpoint (EMA weights) -> native checkpoint plus "
+                        "config.yaml in --model_dir. saved_model: export a "
+                        "SavedModel to --saved_model_dir. saved_model_infer / "
+                        "infer: detect objects in --input_image with a "
+                        "SavedModel / a checkpoint. freeze, tflite, onnx: "
+                        "write those formats to --output_dir. "
+                        "saved_model_benchmark / benchmark: end-to-end "
+                        "latency. dry: build, one forward pass, parameters "
+                        "and FLOPs")
+    parser.add_argument("--model_name", default="efficientdet-d0",
+                        help="model preset, efficientdet-d0..d7x or "
+                        "efficientdet-lite0..4 (default %(default)s)")
+    parser.add_argument("--ckpt_path", help="checkpoint prefix, or a "
+                        "directory holding one (e.g. an extracted automl "
+                        "archive)")
+    parser.add_argument("--model_dir", help="output directory for "
+                        "convert_ckpt (created if missing)")
+    parser.add_argument("--hparams", default="", help="config overrides: a "
+                        "YAML file or 'a=1,b.c=2'; image_size strings are "
+                        "automl's WIDTHxHEIGHT")
+    parser.add_argument("--saved_model_dir", help="the SavedModel directory "
+                        "(written by saved_model, with <model_name>_frozen.pb "
+                        "inside; read by saved_model_infer and "
+                        "saved_model_benchmark, which also take that .pb)")
+    parser.add_argument("--output_dir", help="where freeze, tflite and onnx "
+                        "write <model_name>_frozen.pb, <model_name>_<type>"
+                        ".tflite and <model_name>.onnx")
+    parser.add_argument("--batch_size", type=positive_int, default=None,
+                        help="export: fix the batch size (default: dynamic; "
+                        "tflite: 1). infer: images per batch (default 1). "
+                        "benchmark: images per timed batch (default 1)")
+    parser.add_argument("--input_image", help="images to detect objects in: "
+                        "a glob ('photos/*.jpg', quote it), a folder, or a "
+                        ".txt file listing one path per line")
+    parser.add_argument("--output_image_dir", help="where infer modes write "
+                        "the images with drawn boxes and detections.json")
+    parser.add_argument("--output_json", help="detections JSON path "
+                        "(default: <output_image_dir>/detections.json)")
+    parser.add_argument("--coco_results_json", help="also write detections "
+                        "in COCO results format (image_id from the file "
+                        "name's last digit group)")
+    parser.add_argument("--min_score_thresh", type=float, default=0.4,
+                        help="infer modes: draw and list only detections "
+                        "scoring at least this (default %(default)s); the "
+                        "exported graph itself returns all of them")
+    parser.add_argument("--max_boxes_to_draw", type=positive_int,
+                        default=100, help="at most this many boxes drawn "
+                        "per image, best first (default %(default)s)")
+    parser.add_argument("--tflite", default="fp32", help="comma-separated "
+                        "TFLite types: fp32, fp16, int8 (default "
+                        "%(default)s)")
+    parser.add_argument("--representative_data", help="int8 calibration "
+                        "images: a TFRecord pattern, an image folder, glob "
+                        "or .txt list")
+    parser.add_argument("--num_calibration_steps", type=positive_int,
+                        default=100, help="int8: calibration batches "
+                        "(default %(default)s)")
+    parser.add_argument("--opset", type=positive_int, default=17,
+                        help="ONNX opset (default %(default)s)")
+    parser.add_argument("--bm_runs", type=positive_int, default=50,
+                        help="benchmark: timed runs (default %(default)s)")
+    parser.add_argument("--warmup_runs", type=int, default=5,
+                        help="benchmark: untimed runs first (default "
+                        "%(default)s)")
+    return parser
+
+
+def _inspect(flags: argparse.Namespace) -> None:
+    """Runs ``--runmode`` once the flags it needs are there."""
+    runmode = RUNMODES[flags.runmode]
+    absent = [f"--{n}" for n in runmode.required if not getattr(flags, n)]
+    if absent:
+        raise UsageError(f"--runmode={flags.runmode} needs {', '.join(absent)}")
+    runmode.run(flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``--runmode`` the flags ask for; returns the exit status."""
+    return run(build_parser(), _inspect, argv)
