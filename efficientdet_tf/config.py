@@ -195,6 +195,17 @@ class ConfigError(EfficientDetError, ValueError):
     """A configuration value or key a user must fix; the message says how."""
 
 
+def choose(registry: Mapping[str, Any], key: str, name: Any) -> Any:
+    """``registry[name]`` for the setting ``key``, or a ConfigError listing
+    the known names: the one way a named choice (activation, backbone, FPN
+    variant) is looked up, so every such error reads the same."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown {key} {name!r}; known: "
+                          f"{', '.join(registry)}") from None
+
+
 class Config(Mapping[str, Any]):
     """Read-only hyperparameters with attribute access (``config.num_classes``).
 

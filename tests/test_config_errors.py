@@ -7,6 +7,9 @@ import pytest
 
 from efficientdet_tf.config import ConfigError, get_config
 from efficientdet_tf.errors import EfficientDetError
+from efficientdet_tf.modeling.efficientnet import backbone_params
+from efficientdet_tf.modeling.fpn_topologies import fpn_topology
+from efficientdet_tf.modeling.layers import activation
 from efficientdet_tf.ops.anchors import anchor_boxes
 from efficientdet_tf.ops.postprocess import NmsSettings
 from efficientdet_tf.training.ema import WeightAverage
@@ -38,3 +41,14 @@ def test_bad_value_is_a_config_error(key):
     with pytest.raises(ConfigError, match=named) as raised:
         call()
     assert isinstance(raised.value, EfficientDetError)
+
+
+@pytest.mark.parametrize("lookup, named, known", [
+    (lambda: activation("gelu2"), "act_type 'gelu2'", "swish"),
+    (lambda: backbone_params("efficientnet-b9"), "backbone 'efficientnet-b9'",
+     "efficientnet-b0"),
+    (lambda: fpn_topology("pan", None, 3, 7), "fpn_name 'pan'", "qufpn"),
+])
+def test_unknown_named_choice_lists_the_known_ones(lookup, named, known):
+    with pytest.raises(ConfigError, match=f"unknown {named}; known: .*{known}"):
+        lookup()

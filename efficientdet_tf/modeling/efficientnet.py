@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from efficientdet_tf.config import ConfigError
+from efficientdet_tf.config import ConfigError, choose
 from efficientdet_tf.modeling.layers import (activation, batch_norm,
                                              conv_initializer, dense_initializer,
                                              drop_connect, recompute_gradient,
@@ -141,11 +141,7 @@ def expand_blocks(backbone_name: str,
 
 
 def backbone_params(backbone_name: str) -> BackboneParams:
-    try:
-        return BACKBONE_PARAMS[backbone_name]
-    except KeyError:
-        raise ConfigError(f"unknown backbone {backbone_name!r}; known: "
-                         f"{', '.join(BACKBONE_PARAMS)}") from None
+    return choose(BACKBONE_PARAMS, "backbone", backbone_name)
 
 
 @keras.saving.register_keras_serializable(package="efficientdet_tf")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
-from efficientdet_tf.config import ConfigError
+from efficientdet_tf.config import ConfigError, choose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +109,7 @@ def fpn_topology(fpn_name: str, fpn_config: Mapping[str, Any] | None,
     as in automl), else the variant registered as ``fpn_name``."""
     if fpn_config:
         return topology_from_nodes(fpn_config["nodes"], min_level, max_level)
-    try:
-        make = FPN_TOPOLOGIES[fpn_name]
-    except KeyError:
-        raise ConfigError(f"unknown fpn_name {fpn_name!r}; known: "
-                          f"{', '.join(FPN_TOPOLOGIES)}") from None
-    return make(min_level, max_level)
+    return choose(FPN_TOPOLOGIES, "fpn_name", fpn_name)(min_level, max_level)
 
 
 def topology_from_nodes(nodes: Sequence[Mapping[str, Any]], min_level: int,

@@ -6,7 +6,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from efficientdet_tf.config import ConfigError
+from efficientdet_tf.config import choose
 
 _ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
     "swish": tf.nn.silu,
@@ -19,11 +19,7 @@ _ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 
 def activation(act_type: str) -> Callable[[tf.Tensor], tf.Tensor]:
     """The activation function for automl's ``act_type`` name."""
-    try:
-        return _ACTIVATIONS[act_type]
-    except KeyError:
-        raise ConfigError(f"unknown act_type {act_type!r}; "
-                         f"known: {', '.join(_ACTIVATIONS)}") from None
+    return choose(_ACTIVATIONS, "act_type", act_type)
 
 
 @keras.saving.register_keras_serializable(package="efficientdet_tf")
