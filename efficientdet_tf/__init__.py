@@ -19,7 +19,7 @@ from typing import Any
 _EXPORTS = {
     "Config": "config", "ConfigError": "config", "get_config": "config",
     "EfficientDetError": "errors",
-    "build_model": "modeling.model",
+    "build_model": "modeling.model", "Detector": "modeling.detector",
     "load_weights": "modeling.checkpoint", "save_native": "modeling.checkpoint",
     "official_variable_map": "modeling.checkpoint",
     "anchor_boxes": "ops.anchors", "label_anchors": "ops.anchors",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,11 +66,38 @@ def fixtures_dir() -> pathlib.Path:
 _TINY_MODELS: dict = {}
 
 
+def _traced_custom_gradients() -> set[str]:
+    """Names of the gradient functions ``tf.custom_gradient`` registered
+    when traced into graphs (TensorFlow keeps them, and through them the
+    graphs and every variable those captured, for the life of the process)."""
+    if "tensorflow" not in sys.modules:
+        return set()
+    from tensorflow.python.framework import ops
+    return {name for name in ops._gradient_registry.list()
+            if name.startswith("CustomGradient-")}
+
+
+@pytest.fixture(autouse=True)
+def forget_traced_custom_gradients():
+    """After each test, drops the gradient functions its traced
+    ``tf.custom_gradient`` s (the loss's, TF's swish) registered: the
+    registry would keep each traced graph, and with it the model weights,
+    optimizer slots and EMA it captured, until the process ends. A finished
+    test's graphs are never differentiated again (a training step takes its
+    gradient inside its own trace)."""
+    before = _traced_custom_gradients()
+    yield
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.framework import ops
+        for name in _traced_custom_gradients() - before:
+            del ops._gradient_registry._registry[name]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def release_models_after_each_module():
     """Models, traced functions and their graphs otherwise pile up across the
     suite's modules (one pytest process): each module's are released when it
-    ends, the tiny official presets included, so the suite's peak memory is
+    ends (the tiny official presets included), so the suite's peak memory is
     that of its largest module rather than their sum."""
     yield
     _TINY_MODELS.clear()

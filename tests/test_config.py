@@ -7,9 +7,9 @@ import re
 import pytest
 
 from tests.conftest import REPO_ROOT
-from efficientdet_tf.config import (AUTOML_ONLY_KEYS, DEFAULTS, PRESETS, Config,
-                                    ConfigError, get_config, parse_image_size,
-                                    parse_overrides)
+from efficientdet_tf.config import (Config, ConfigError, get_config,
+                                    parse_image_size, parse_overrides)
+from efficientdet_tf.presets import AUTOML_ONLY_KEYS, DEFAULTS, PRESETS
 
 
 def test_defaults_are_official():

@@ -25,7 +25,7 @@ import argparse
 from typing import Sequence
 
 from efficientdet_tf.cli.command import Parser, run
-from efficientdet_tf.datasets import cli as dataset_flags
+from efficientdet_tf.cli import dataset_flags
 
 PROG = "create_coco_tfrecord.py"
 

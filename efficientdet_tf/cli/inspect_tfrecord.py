@@ -16,7 +16,6 @@ import argparse
 from typing import Sequence
 
 from efficientdet_tf.cli.command import Parser, run
-from efficientdet_tf.datasets import cli as dataset_flags
 
 PROG = "inspect_tfrecord.py"
 

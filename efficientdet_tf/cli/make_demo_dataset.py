@@ -23,7 +23,6 @@ import argparse
 from typing import Sequence
 
 from efficientdet_tf.cli.command import Parser, run
-from efficientdet_tf.datasets import cli as dataset_flags
 
 PROG = "make_demo_dataset.py"
 

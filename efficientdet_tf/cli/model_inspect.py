@@ -30,9 +30,7 @@ if TYPE_CHECKING:  # TensorFlow is imported only when a runmode runs
     import keras
 
     from efficientdet_tf.config import Config
-    from efficientdet_tf.serving.inference import (Detector,
-                                                   FrozenGraphDetector,
-                                                   SavedModelDetector)
+    from efficientdet_tf.serving.inference import ImageDetector
 
 PROG = "model_inspect.py"
 
@@ -71,7 +69,7 @@ def saved_model(flags: argparse.Namespace) -> None:
           f"in assets.extra/; frozen graph {frozen_graph_name(config)})")
 
 
-def _infer(flags: argparse.Namespace, detector: Detector) -> None:
+def _infer(flags: argparse.Namespace, detector: ImageDetector) -> None:
     from efficientdet_tf.serving.inference import list_images, run_inference
     summary = run_inference(
         detector, list_images(flags.input_image),
@@ -84,24 +82,14 @@ def _infer(flags: argparse.Namespace, detector: Detector) -> None:
     print(summary.text())
 
 
-def _exported(flags: argparse.Namespace
-              ) -> SavedModelDetector | FrozenGraphDetector:
-    """The detector of --saved_model_dir: a SavedModel directory, or a
-    frozen ``.pb`` (as automl users pass ``<dir>/<model_name>_frozen.pb``)
-    whose config comes from the SavedModel around it, else from
-    --model_name and --hparams."""
+def _exported(flags: argparse.Namespace) -> ImageDetector:
+    """The detector of --saved_model_dir (a SavedModel, or a frozen .pb
+    whose config, without a SavedModel around it, is --model_name and
+    --hparams)."""
     from efficientdet_tf.config import get_config
-    from efficientdet_tf.serving.inference import (FrozenGraphDetector,
-                                           SavedModelDetector,
-                                           export_config_near)
-    path = flags.saved_model_dir
-    if not path.endswith(".pb"):
-        return SavedModelDetector(path)
-    found = export_config_near(path)
-    if found is None:
-        config = get_config(flags.model_name, flags.hparams)
-        found = config, dict(config.label_map or {})
-    return FrozenGraphDetector(path, *found)
+    from efficientdet_tf.serving.inference import open_export
+    return open_export(flags.saved_model_dir,
+                       get_config(flags.model_name, flags.hparams))
 
 
 def saved_model_infer(flags: argparse.Namespace) -> None:
@@ -161,11 +149,8 @@ def onnx(flags: argparse.Namespace) -> None:
 
 def saved_model_benchmark(flags: argparse.Namespace) -> None:
     """End-to-end latency of an exported SavedModel (or frozen graph)."""
-    from efficientdet_tf.serving.inference import FrozenGraphDetector
     detector = _exported(flags)
-    function = (detector.function if isinstance(detector, FrozenGraphDetector)
-                else detector.signatures["serving_default"])
-    _benchmark(flags, function, detector.config)
+    _benchmark(flags, detector.images_function(), detector.config)
 
 
 def benchmark(flags: argparse.Namespace) -> None:

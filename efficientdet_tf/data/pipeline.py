@@ -1,9 +1,10 @@
 """The ``tf.data`` input pipeline: records -> network inputs + training labels.
 
 :func:`build_dataset` yields ``(images, labels)``: ``images`` float32
-``[B, H, W, 3]`` normalised as :mod:`efficientdet_tf.data.augment` describes,
-and ``labels`` a flat dict (flat so it batches, distributes and feeds
-``keras.Model.fit`` without nested structures; automl's key names):
+``[B, H, W, 3]`` normalised and letterboxed as
+:mod:`efficientdet_tf.data.augment` describes, and ``labels`` a flat dict
+(flat so it batches, distributes and feeds ``keras.Model.fit`` without nested
+structures; automl's key names):
 
 ==========================  =========================================  =====
 key                         value                                      pad
@@ -48,6 +49,8 @@ from efficientdet_tf.ops.anchors import AnchorTargets, label_anchors
 from efficientdet_tf.config import Config
 from efficientdet_tf.data import augment
 from efficientdet_tf.data.tfrecord import decode_example
+from efficientdet_tf.ops.geometry import resize_crop_pad, scale_geometry
+from efficientdet_tf.ops.preprocess import normalize_image
 
 _LOG = logging.getLogger(__name__)
 
@@ -183,8 +186,7 @@ def parse_example(serialized: tf.Tensor, config: Config, *, training: bool,
         boxes, classes, is_crowd = (tf.boolean_mask(t, keep)
                                     for t in (boxes, classes, is_crowd))
     original_size = tf.stack([data["height"], data["width"]])
-    image = augment.normalize_image(data["image"], config.mean_rgb,
-                                    config.stddev_rgb)
+    image = normalize_image(data["image"], config.mean_rgb, config.stddev_rgb)
     if training:
         if seed is None:
             raise ValueError("parse_example(training=True) needs a seed")
@@ -194,11 +196,11 @@ def parse_example(serialized: tf.Tensor, config: Config, *, training: bool,
         image, boxes = tf.cond(
             draw.flip, lambda: augment.flip_left_right(image, boxes),
             lambda: (image, boxes))
-        geometry = augment.scale_geometry(original_size, output_size,
-                                          draw.jitter, draw.crop_fraction)
+        geometry = scale_geometry(original_size, output_size, draw.jitter,
+                                  draw.crop_fraction)
     else:
-        geometry = augment.scale_geometry(original_size, output_size)
-    image = augment.resize_crop_pad(image, geometry, output_size)
+        geometry = scale_geometry(original_size, output_size)
+    image = resize_crop_pad(image, geometry, output_size)
     boxes, keep = augment.transform_boxes(boxes, geometry, output_size)
     boxes, classes, is_crowd = (tf.boolean_mask(t, keep)
                                 for t in (boxes, classes, is_crowd))

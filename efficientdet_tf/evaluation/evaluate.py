@@ -3,8 +3,9 @@
 :func:`evaluate` makes one pass over the eval pipeline
 (:func:`~efficientdet_tf.data.pipeline.build_dataset` with
 ``training=False``: no augmentation, every image, crowd boxes kept) and runs
-the model in inference mode plus post-processing in one fixed-size
-``tf.function``. The pipeline reports ``image_scale`` as network-input pixels
+the detector (:class:`~efficientdet_tf.modeling.detector.Detector`: the
+network in inference mode plus post-processing, the exports' path too) in one
+fixed-size ``tf.function``. The pipeline reports ``image_scale`` as network-input pixels
 per original pixel, so post-processing gets ``1 / image_scale`` and the
 detections come out in pixels of the original image, the frame of COCO
 ground truth files.
@@ -26,7 +27,6 @@ import json
 import logging
 import os
 import time
-import weakref
 from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
@@ -40,7 +40,9 @@ from efficientdet_tf.evaluation.coco_metrics import (ImageIdResolver, ImageTruth
                                           load_coco_json)
 from efficientdet_tf.config import Config
 from efficientdet_tf.data.pipeline import build_dataset
-from efficientdet_tf.ops.postprocess import Detections, postprocess
+from efficientdet_tf.modeling.detector import Detector
+from efficientdet_tf.ops.geometry import scale_geometry
+from efficientdet_tf.ops.postprocess import Detections
 from efficientdet_tf.utils.files import atomic_write
 
 _LOG = logging.getLogger(__name__)
@@ -63,19 +65,19 @@ class ImageDetections(NamedTuple):
     classes: np.ndarray
 
 
-def evaluate(model: Callable[..., Any], config: Config,
-             file_pattern: str, *, val_json_file: str | None = None,
+def evaluate(detector: Detector, file_pattern: str, *, val_json_file: str | None = None,
              batch_size: int = 8, max_images: int | None = None,
              output_dir: str | None = None,
              summary_writer: tf.summary.SummaryWriter | None = None,
              step: int | None = None,
              num_images_to_draw: int = 3) -> dict[str, float]:
-    """COCO box metrics of ``model`` on the records matching
-    ``file_pattern``.
+    """COCO box metrics of ``detector`` (a model and its config) on the
+    records matching ``file_pattern``.
 
-    ``model``: ``images -> (class_outputs, box_outputs)`` as
-    :func:`~efficientdet_tf.modeling.model.build_model` returns, called with
-    ``training=False``. ``max_images`` (automl's ``eval_samples``) stops
+    The detector runs its traced :meth:`~efficientdet_tf.modeling.detector.
+    Detector.detect_inputs`; a caller evaluating the same model repeatedly
+    (a training loop, every epoch) passes the same detector and traces once.
+    ``max_images`` (automl's ``eval_samples``) stops
     after that many images; None reads every record once. Images whose
     ``source_id`` was seen before are skipped with a warning (they would
     count twice).
@@ -101,13 +103,14 @@ def evaluate(model: Callable[..., Any], config: Config,
     # Read the ground truth first: a wrong path fails before the long run.
     ground_truth = load_coco_json(val_json_file) if val_json_file else None
 
+    config = detector.config
     check_id = (ImageIdResolver(ground_truth.dataset) if ground_truth
                 else None)
     dataset = build_dataset(file_pattern, config, training=False,
                             batch_size=batch_size, deterministic=True)
     start = time.perf_counter()
     detections, truths, drawings = _run(
-        make_predict_fn(model, config), dataset, config, max_images,
+        detector.detect_inputs, dataset, config, max_images,
         num_images_to_draw if summary_writer is not None else 0, check_id)
     seconds = time.perf_counter() - start
     _LOG.info("ran %d images in %.1f s (%.1f images/s)", len(detections),
@@ -136,49 +139,6 @@ def evaluate(model: Callable[..., Any], config: Config,
         write_summaries(summary_writer, step, metrics, drawings,
                         config.label_map)
     return metrics
-
-
-def make_predict_fn(model: Callable[..., Any], config: Config) -> PredictFn:
-    """``(images [B, H, W, 3], to_original [B]) -> Detections`` in original
-    pixels, traced once: the input size is the config's, the batch dynamic,
-    so the short last batch runs the same graph.
-
-    The function is kept per model (and config) for later calls: a training
-    loop evaluates the same model every epoch, and tracing D0 with its
-    post-processing costs seconds each time. It reads the model's variables
-    when it runs, so new weights (training, EMA swaps) are seen; it holds the
-    model only weakly, so the cache never keeps a model alive.
-    """
-    cacheable = _weakrefable(model)
-    cached = _PREDICT_FNS.get(model) if cacheable else None
-    if cached is not None and cached[0] == config:
-        return cached[1]
-    height, width = config.image_size
-    model_ref = weakref.ref(model) if cacheable else (lambda: model)
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, height, width, 3], tf.float32),
-        tf.TensorSpec([None], tf.float32)])
-    def predict(images: tf.Tensor, to_original: tf.Tensor) -> Detections:
-        class_outputs, box_outputs = model_ref()(images, training=False)
-        return postprocess(class_outputs, box_outputs, config, to_original)
-    if cacheable:
-        _PREDICT_FNS[model] = (config, predict)
-    return predict
-
-
-_PREDICT_FNS: "weakref.WeakKeyDictionary[Any, tuple[Config, PredictFn]]" = (
-    weakref.WeakKeyDictionary())
-
-
-def _weakrefable(value: Any) -> bool:
-    """Whether ``value`` can key the weak cache."""
-    try:
-        weakref.ref(value)
-        hash(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _run(predict: PredictFn, dataset: tf.data.Dataset, config: Config,
@@ -225,7 +185,7 @@ def _run(predict: PredictFn, dataset: tf.data.Dataset, config: Config,
                                                 sizes[i]))
             if len(drawings) < num_images_to_draw:
                 drawings.append((original_image(
-                    images[i].numpy(), float(scale[i]), tuple(sizes[i]),
+                    images[i].numpy(), tuple(sizes[i]),
                     config.mean_rgb, config.stddev_rgb), found))
     return detections, truths, drawings
 
@@ -243,22 +203,21 @@ def truth_from_labels(labels: Mapping[str, tf.Tensor], index: int,
                       labels["is_crowd"][index].numpy()[keep])
 
 
-def original_image(image: np.ndarray, image_scale: float,
-                   original_size: tuple[int, int], mean_rgb: Any,
-                   stddev_rgb: Any) -> np.ndarray:
+def original_image(image: np.ndarray, original_size: tuple[int, int],
+                   mean_rgb: Any, stddev_rgb: Any) -> np.ndarray:
     """uint8 ``[h, w, 3]`` from a normalised eval input ``[H, W, 3]``.
 
-    The eval input is ``(pixels - mean) / stddev`` resized by
-    ``image_scale`` into the top-left corner (then zero padding), so this
-    undoes the normalisation, crops the resized region (its size computed
-    in float32 like the pipeline's) and resizes it back to ``(h, w)``.
+    The eval input is ``(pixels - mean) / stddev`` resized into the
+    top-left corner by the eval geometry
+    (:func:`~efficientdet_tf.ops.geometry.scale_geometry`), then zero
+    padding, so this undoes the normalisation, crops the resized region the
+    same geometry gives and resizes it back to ``(h, w)``.
     """
     height, width = (int(v) for v in original_size)
     pixels = (np.asarray(image, np.float32) * np.asarray(stddev_rgb, np.float32)
               + np.asarray(mean_rgb, np.float32))
-    scale = np.float32(image_scale)
-    crop_h = min(pixels.shape[0], max(1, int(np.float32(height) * scale)))
-    crop_w = min(pixels.shape[1], max(1, int(np.float32(width) * scale)))
+    crop_h, crop_w = scale_geometry((height, width),
+                                    pixels.shape[:2]).scaled_size.numpy()
     restored = tf.image.resize(pixels[:crop_h, :crop_w], (height, width),
                                method=tf.image.ResizeMethod.BILINEAR).numpy()
     return np.clip(np.round(restored), 0, 255).astype(np.uint8)

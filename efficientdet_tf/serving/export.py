@@ -18,9 +18,10 @@ inference path, so a client needs nothing but the exported files:
   ``class_outputs_<level>`` / ``box_outputs_<level>`` and ``image_scales``
   (network pixels -> input pixels), to debug pre-NMS differences.
 
-Pre-processing is :func:`efficientdet_tf.ops.preprocess.preprocess_image`, NMS is
-:func:`efficientdet_tf.ops.postprocess.postprocess` with the config's
-``nms_configs``. The batch dimension is dynamic unless ``batch_size`` is given
+Every signature runs :class:`efficientdet_tf.modeling.detector.Detector`,
+the inference path evaluation and the other exports run too (pre-processing,
+network, anchor decoding, NMS with the config's ``nms_configs``). The batch
+dimension is dynamic unless ``batch_size`` is given
 (a fixed batch unrolls the per-image NMS, which some runtimes prefer).
 
 The SavedModel is written with Keras 3's ``ExportArchive``, which saves every
@@ -47,8 +48,8 @@ import yaml
 from efficientdet_tf.modeling.checkpoint import LoadReport, load_weights
 from efficientdet_tf.config import Config, get_config
 from efficientdet_tf.modeling.model import build_model
-from efficientdet_tf.ops.postprocess import Detections, postprocess
-from efficientdet_tf.ops.preprocess import preprocess_image
+from efficientdet_tf.modeling.detector import Detector
+from efficientdet_tf.ops.postprocess import Detections
 from efficientdet_tf.utils.files import CONFIG_FILE, atomic_write
 from efficientdet_tf.errors import EfficientDetError
 
@@ -92,7 +93,8 @@ def detection_outputs(detections: Detections) -> dict[str, tf.Tensor]:
 
 
 class ServingGraph:
-    """The three serving computations of one model and config.
+    """The three serving signatures of one :class:`~efficientdet_tf.
+    modeling.detector.Detector`, as output dicts.
 
     The same functions back the SavedModel, the frozen graph and in-process
     inference (``model_inspect.py --runmode=infer``), so a checkpoint and its
@@ -103,60 +105,16 @@ class ServingGraph:
                  batch_size: int | None = None, portable_nms: bool = False):
         if batch_size is not None and batch_size < 1:
             raise ExportError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.config, self.batch_size = model, config, batch_size
-        # Soft-NMS from plain ops, for converters without TF's kernel (ONNX).
-        self.portable_nms = portable_nms
-        height, width = config.image_size
-        # One traced network shared by every signature: tracing D0 takes
-        # seconds, and the SavedModel then holds the network once.
-        self._network = tf.function(
-            self._call_network, autograph=False, input_signature=[
-                tf.TensorSpec([batch_size, height, width, 3], tf.float32)])
-
-    def _call_network(self, images: tf.Tensor
-                      ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
-        class_outputs, box_outputs = self.model(images, training=False)
-        return list(class_outputs), list(box_outputs)
-
-    def _preprocess(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return preprocess_image(images, self.config.image_size,
-                                self.config.mean_rgb, self.config.stddev_rgb)
-
-    def _detections(self, inputs: tf.Tensor, scales: tf.Tensor
-                    ) -> dict[str, tf.Tensor]:
-        return detection_outputs(postprocess(
-            *self._network(inputs), self.config, image_scales=scales,
-            portable=self.portable_nms))
+        self.detector = Detector(model, config, batch_size, portable_nms)
+        self.config, self.batch_size = config, batch_size
 
     def detect_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """uint8 ``[B, h, w, 3]`` -> detections in pixels of the input."""
-        inputs, scales = self._preprocess(images)
-        return self._detections(inputs, scales)
+        return detection_outputs(self.detector.detect_images(images))
 
     def detect_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Encoded images ``[B]`` -> detections; each image is decoded and
-        scaled on its own, so one batch may mix sizes."""
-        height, width = self.config.image_size
-
-        def one_image(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image = tf.io.decode_image(data, channels=3,
-                                       expand_animations=False)
-            return self._preprocess(image)
-        inputs, scales = tf.map_fn(one_image, image_bytes, fn_output_signature=(
-            tf.TensorSpec([height, width, 3], tf.float32),
-            tf.TensorSpec([], tf.float32)))
-        return self._detections(inputs, scales)
-
-    def predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        """uint8 ``[B, h, w, 3]`` -> raw per-level head outputs and scales."""
-        inputs, scales = self._preprocess(images)
-        class_outputs, box_outputs = self._network(inputs)
-        levels = range(self.config.min_level, self.config.max_level + 1)
-        outputs = {"image_scales": scales}
-        for level, cls, box in zip(levels, class_outputs, box_outputs):
-            outputs[f"class_outputs_{level}"] = tf.cast(cls, tf.float32)
-            outputs[f"box_outputs_{level}"] = tf.cast(box, tf.float32)
-        return outputs
+        """Encoded images ``[B]`` -> detections (sizes may differ)."""
+        return detection_outputs(self.detector.detect_bytes(image_bytes))
 
     def endpoints(self) -> dict[str, Endpoint]:
         """Signature name -> (function, input signature); the default first
@@ -167,7 +125,7 @@ class ServingGraph:
                                  name="image_bytes")]
         return {SERVING_DEFAULT: (self.detect_images, images),
                 SERVING_BYTES: (self.detect_bytes, encoded),
-                PREDICT: (self.predict, images)}
+                PREDICT: (self.detector.head_outputs, images)}
 
     def functions(self) -> dict[str, tf.types.experimental.PolymorphicFunction]:
         """The endpoints as ``tf.function`` s, traced as the export traces

@@ -21,16 +21,17 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
 from efficientdet_tf.config import Config
-from efficientdet_tf.serving.export import (METADATA_DIR, OUTPUT_KEYS, SERVING_BYTES,
-                                    ServingGraph, load_frozen_graph,
-                                    read_metadata)
+from efficientdet_tf.serving.export import (METADATA_DIR, OUTPUT_KEYS,
+                                            SERVING_BYTES, SERVING_DEFAULT,
+                                            ServingGraph, load_frozen_graph,
+                                            read_metadata)
 from efficientdet_tf.utils.boxes import coco_bbox
 from efficientdet_tf.utils.files import IMAGE_EXTENSIONS, atomic_path, atomic_write
 from efficientdet_tf.utils.profiling import Latency
@@ -65,17 +66,30 @@ def list_images(spec: str) -> list[str]:
     return files
 
 
-class Detector(Protocol):
-    """Encoded images -> the export contract's output arrays."""
+class DecodedImage(NamedTuple):
+    """One input file: its bytes and its RGB pixels ``[h, w, 3]`` uint8.
+    Files are decoded once, on the host, to catch bad ones; each runtime
+    then takes whichever form it runs on."""
+    data: bytes
+    pixels: np.ndarray
+
+
+class ImageDetector(Protocol):
+    """Decoded image files -> the export contract's output arrays."""
     batch_size: int | None  # fixed batch of the model, None when dynamic
     label_map: dict[int, str]
 
-    def detect_bytes(self, image_bytes: Sequence[bytes]
-                     ) -> dict[str, np.ndarray]: ...
+    def detect(self, images: Sequence[DecodedImage]) -> dict[str, np.ndarray]:
+        ...
+
+    def images_function(self) -> Callable[[Any], dict[str, Any]]:
+        """uint8 ``[B, h, w, 3]`` -> the output tensors (for benchmarks)."""
+        ...
 
 
 class SavedModelDetector:
-    """An export of :func:`efficientdet_tf.serving.export.export_saved_model`."""
+    """An export of :func:`efficientdet_tf.serving.export.export_saved_model`,
+    fed encoded bytes (``serving_bytes``), so one batch may mix sizes."""
 
     def __init__(self, export_dir: str):
         if not os.path.isdir(export_dir):
@@ -86,11 +100,13 @@ class SavedModelDetector:
         spec = self.signatures[SERVING_BYTES].structured_input_signature[1]
         self.batch_size = spec["image_bytes"].shape[0]
 
-    def detect_bytes(self, image_bytes: Sequence[bytes]
-                     ) -> dict[str, np.ndarray]:
+    def detect(self, images: Sequence[DecodedImage]) -> dict[str, np.ndarray]:
         outputs = self.signatures[SERVING_BYTES](
-            image_bytes=tf.constant(list(image_bytes), tf.string))
+            image_bytes=tf.constant([image.data for image in images]))
         return {k: outputs[k].numpy() for k in OUTPUT_KEYS}
+
+    def images_function(self) -> Callable[[Any], dict[str, Any]]:
+        return self.signatures[SERVING_DEFAULT]
 
 
 class FrozenGraphDetector:
@@ -106,28 +122,16 @@ class FrozenGraphDetector:
         self.config, self.label_map = config, label_map
         self.function, self.graph_batch = load_frozen_graph(path)
 
-    def detect_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 ``[B, h, w, 3]`` (the graph's batch when fixed)."""
-        return {k: v.numpy() for k, v in self.function(images).items()}
-
-    def detect_bytes(self, image_bytes: Sequence[bytes]
-                     ) -> dict[str, np.ndarray]:
+    def detect(self, images: Sequence[DecodedImage]) -> dict[str, np.ndarray]:
         rows = []
-        for data in image_bytes:
-            image = tf.io.decode_image(data, channels=3,
-                                       expand_animations=False).numpy()
-            batch = np.repeat(image[None], self.graph_batch or 1, axis=0)
-            rows.append({k: v[:1] for k, v in self.detect_images(batch).items()})
+        for image in images:
+            batch = np.repeat(image.pixels[None], self.graph_batch or 1, axis=0)
+            outputs = self.function(batch)
+            rows.append({k: outputs[k].numpy()[:1] for k in OUTPUT_KEYS})
         return {k: np.concatenate([row[k] for row in rows]) for k in OUTPUT_KEYS}
 
-
-def export_config_near(path: str) -> tuple[Config, dict[int, str]] | None:
-    """The config and label map of the SavedModel a frozen graph sits in
-    (``--runmode=saved_model`` writes both), or None when it has none."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(os.path.join(folder, METADATA_DIR)):
-        return None
-    return read_metadata(folder)
+    def images_function(self) -> Callable[[Any], dict[str, Any]]:
+        return self.function
 
 
 class GraphDetector:
@@ -139,11 +143,31 @@ class GraphDetector:
         self.label_map = dict(serving.config.label_map or {})
         self.functions = serving.functions()
 
-    def detect_bytes(self, image_bytes: Sequence[bytes]
-                     ) -> dict[str, np.ndarray]:
+    def detect(self, images: Sequence[DecodedImage]) -> dict[str, np.ndarray]:
         outputs = self.functions[SERVING_BYTES](
-            tf.constant(list(image_bytes), tf.string))
+            tf.constant([image.data for image in images]))
         return {k: outputs[k].numpy() for k in OUTPUT_KEYS}
+
+    def images_function(self) -> Callable[[Any], dict[str, Any]]:
+        return self.functions[SERVING_DEFAULT]
+
+
+def open_export(path: str, config: Config | None = None
+                ) -> SavedModelDetector | FrozenGraphDetector:
+    """The detector of an export: a SavedModel directory, or a frozen
+    ``.pb`` (automl users pass ``<dir>/<model_name>_frozen.pb``). A frozen
+    graph carries no config: it comes from the SavedModel directory around
+    it (the export writes both), else from ``config``."""
+    if not path.endswith(".pb"):
+        return SavedModelDetector(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(os.path.join(folder, METADATA_DIR)):
+        return FrozenGraphDetector(path, *read_metadata(folder))
+    if config is None:
+        raise InferenceError(f"{path} has no {METADATA_DIR}/ beside it; give "
+                             "the config it was exported with (--model_name, "
+                             "--hparams)")
+    return FrozenGraphDetector(path, config, dict(config.label_map or {}))
 
 
 @dataclasses.dataclass
@@ -175,7 +199,7 @@ class InferenceSummary:
                                    for f, r in self.failed])
 
 
-def _decode(path: str) -> tuple[bytes, np.ndarray]:
+def _decode(path: str) -> DecodedImage:
     """File bytes and RGB pixels; raises ValueError with a short reason."""
     try:
         with open(path, "rb") as f:
@@ -186,10 +210,10 @@ def _decode(path: str) -> tuple[bytes, np.ndarray]:
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
         raise ValueError("corrupt or not a JPEG/PNG/BMP/GIF image") from None
-    return data, image.numpy()
+    return DecodedImage(data, image.numpy())
 
 
-def run_inference(detector: Detector, files: Sequence[str], *,
+def run_inference(detector: ImageDetector, files: Sequence[str], *,
                   batch_size: int = 1, output_image_dir: str | None = None,
                   min_score_thresh: float = 0.4, max_boxes_to_draw: int = 100,
                   output_json: str | None = None,
@@ -212,26 +236,26 @@ def run_inference(detector: Detector, files: Sequence[str], *,
     results: list[ImageDetections] = []
     failed: list[tuple[str, str]] = []
     names = _output_names(files)
-    pending: list[tuple[str, bytes, np.ndarray]] = []
+    pending: list[tuple[str, DecodedImage]] = []
 
     def flush() -> None:
-        padded = [data for _, data, _ in pending]
+        padded = [image for _, image in pending]
         if detector.batch_size:
             padded += [padded[-1]] * (detector.batch_size - len(padded))
-        outputs = detector.detect_bytes(padded)
-        for i, (path, _, image) in enumerate(pending):
-            result = _select(path, image.shape, outputs, i, min_score_thresh,
-                             detector.label_map)
+        outputs = detector.detect(padded)
+        for i, (path, image) in enumerate(pending):
+            result = _select(path, image.pixels.shape, outputs, i,
+                             min_score_thresh, detector.label_map)
             results.append(result)
             if output_image_dir:
-                _write_drawn(image, result, detector.label_map,
+                _write_drawn(image.pixels, result, detector.label_map,
                              max_boxes_to_draw,
                              os.path.join(output_image_dir, names[path]))
         pending.clear()
 
     for done, path in enumerate(files, 1):
         try:
-            pending.append((path, *_decode(path)))
+            pending.append((path, _decode(path)))
         except ValueError as err:
             failed.append((path, str(err)))
         if len(pending) == batch_size or (done == len(files) and pending):

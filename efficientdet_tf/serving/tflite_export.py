@@ -33,15 +33,14 @@ from efficientdet_tf.config import Config
 from efficientdet_tf.serving.export import (SAVE_OPTIONS, SERVING_DEFAULT,
                                     ExportError, detection_outputs,
                                     new_archive)
-from efficientdet_tf.ops.postprocess import postprocess
+from efficientdet_tf.modeling.detector import POSTPROCESS_SCOPE, Detector
+from efficientdet_tf.ops.geometry import scale_geometry
 from efficientdet_tf.utils.files import IMAGE_EXTENSIONS, atomic_write
 
 _LOG = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("fp32", "fp16", "int8")
 _RECORD_IMAGE_KEY = "image/encoded"
-# Op names under this scope stay float in INT8 models (see _int8).
-POSTPROCESS_SCOPE = "postprocess"
 
 
 def letterbox(image: np.ndarray | tf.Tensor, image_size: tuple[int, int],
@@ -49,18 +48,15 @@ def letterbox(image: np.ndarray | tf.Tensor, image_size: tuple[int, int],
     """uint8 ``[h, w, 3]`` -> uint8 ``[H, W, 3]`` TFLite input and the factor
     from its pixels to the original's.
 
-    Resizes exactly as :func:`efficientdet_tf.ops.preprocess.preprocess_image`
-    (same float32 scale, bilinear, half-pixel centres), rounds to uint8 and
-    pads with the rounded mean colour.
+    The geometry is the export's and the pipeline's
+    (:func:`efficientdet_tf.ops.geometry.scale_geometry`; bilinear,
+    half-pixel centres); the resized pixels are rounded to uint8 and padded
+    with the rounded mean colour.
     """
     height, width = image_size
     image = tf.convert_to_tensor(image)
-    in_h, in_w = (tf.cast(d, tf.float32) for d in tf.unstack(
-        tf.shape(image)[:2]))
-    scale = tf.minimum(height / in_h, width / in_w)
-    size = tf.stack([tf.cast(in_h * scale, tf.int32),
-                     tf.cast(in_w * scale, tf.int32)])
-    resized = tf.image.resize(tf.cast(image, tf.float32), size)
+    geometry = scale_geometry(tf.shape(image)[:2], (height, width))
+    resized = tf.image.resize(tf.cast(image, tf.float32), geometry.scaled_size)
     resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
     fill = np.broadcast_to(np.round(np.asarray(mean_rgb, np.float32)),
                            (3,)).astype(np.uint8)
@@ -68,21 +64,16 @@ def letterbox(image: np.ndarray | tf.Tensor, image_size: tuple[int, int],
     out[...] = fill
     array = resized.numpy()
     out[:array.shape[0], :array.shape[1]] = array
-    return out, float(1.0 / scale.numpy())
+    return out, float(1.0 / geometry.scale.numpy())
 
 
 def tflite_endpoint(model: keras.Model, config: Config, batch_size: int = 1):
     """The TFLite computation and its static input signature."""
     height, width = config.image_size
-    mean = tf.constant(config.mean_rgb, tf.float32)
-    stddev = tf.constant(config.stddev_rgb, tf.float32)
+    detector = Detector(model, config, batch_size)
 
     def detect(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        inputs = (tf.cast(images, tf.float32) - mean) / stddev
-        class_outputs, box_outputs = model(inputs, training=False)
-        with tf.name_scope(POSTPROCESS_SCOPE):
-            return detection_outputs(postprocess(class_outputs, box_outputs,
-                                                 config))
+        return detection_outputs(detector.detect_letterboxed(images))
     return detect, [tf.TensorSpec([batch_size, height, width, 3], tf.uint8,
                                   name="images")]
 

@@ -20,6 +20,7 @@ from efficientdet_tf.modeling import checkpoint as ckpt_lib
 from efficientdet_tf.training import trainer_state
 from efficientdet_tf.config import Config, get_config
 from efficientdet_tf.datasets import record_check
+from efficientdet_tf.modeling.detector import Detector
 from efficientdet_tf.modeling.model import build_model
 from efficientdet_tf.training.trainer import Trainer, TrainOptions
 from efficientdet_tf.errors import EfficientDetError
@@ -61,6 +62,9 @@ class Evaluator:
             raise RunError(f"evaluation is unavailable ({err}); install the "
                            "package's requirements (pycocotools)") from None
         self._evaluate = evaluate
+        # The detector of the model last evaluated: its traced function is
+        # reused while the model stays the same (every epoch of a run).
+        self._detector: Detector | None = None
         self.options, self.stream = options, stream
         self.output_dir = os.path.join(model_dir, EVAL_DIR)
         self.writer = tf.summary.create_file_writer(self.output_dir)
@@ -70,8 +74,11 @@ class Evaluator:
                  ) -> dict[str, float]:
         """COCO metrics of the model's current weights at ``step``; they go
         to archive/ when their AP is the best so far."""
+        if (self._detector is None or self._detector.model is not model
+                or self._detector.config != config):
+            self._detector = Detector(model, config)
         metrics = self._evaluate(
-            model, config, self.options.file_pattern,
+            self._detector, self.options.file_pattern,
             val_json_file=self.options.val_json_file,
             batch_size=self.options.batch_size, max_images=self.options.samples,
             output_dir=self.output_dir, summary_writer=self.writer, step=step)

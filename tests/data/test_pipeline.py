@@ -17,6 +17,7 @@ from efficientdet_tf.config import get_config
 from efficientdet_tf.data import augment
 from efficientdet_tf.data.pipeline import build_dataset, targets_from_labels
 from efficientdet_tf.data.tfrecord import Example, encode_example
+from efficientdet_tf.ops.geometry import scale_geometry
 
 MAX_INSTANCES = 8
 
@@ -318,8 +319,8 @@ def test_input_context_shards_and_splits_the_batch(tmp_path, num_files):
 def test_scale_geometry_matches_automl_arithmetic():
     # 300x400 into 128 with jitter 1.5: target 192, scale min(.64, .48) = .48,
     # resized 144x192, free range (16, 64), crop at int(0.5*16), int(0.25*64).
-    geometry = augment.scale_geometry(tf.constant([300, 400]), (128, 128),
-                                      tf.constant(1.5), tf.constant([0.5, 0.25]))
+    geometry = scale_geometry(tf.constant([300, 400]), (128, 128),
+                              tf.constant(1.5), tf.constant([0.5, 0.25]))
     assert geometry.scale.numpy() == np.float32(192) / np.float32(400)
     np.testing.assert_array_equal(geometry.scaled_size, [144, 192])
     np.testing.assert_array_equal(geometry.offset, [8, 16])

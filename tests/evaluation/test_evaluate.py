@@ -23,11 +23,12 @@ import tensorflow as tf
 
 from efficientdet_tf.evaluation import coco_metrics as cm
 from efficientdet_tf.config import get_config
-from efficientdet_tf.data import augment
 from efficientdet_tf.data.pipeline import build_dataset, parse_example
 from efficientdet_tf.data.tfrecord import Example, encode_example
 from efficientdet_tf.evaluation.evaluate import evaluate, original_image
+from efficientdet_tf.modeling.detector import Detector
 from efficientdet_tf.modeling.model import num_anchors
+from efficientdet_tf.ops.geometry import scale_geometry
 
 LABEL_MAP = {1: "circle", 2: "square", 3: "triangle"}
 
@@ -175,8 +176,7 @@ def test_original_image_undoes_normalisation_and_resize(tmp_path, size,
     example = make_example(image, [(5, 5, 20, 20)], [1], "1")
     network_input, labels = parse_example(
         tf.constant(encode_example(example)), config, training=False)
-    restored = original_image(network_input.numpy(),
-                              float(labels["image_scale"]), size,
+    restored = original_image(network_input.numpy(), size,
                               config.mean_rgb, config.stddev_rgb)
     assert restored.shape == (height, width, 3) and restored.dtype == np.uint8
     # PNG is lossless, so only the two resamplings differ from the source.
@@ -225,7 +225,7 @@ def test_original_image_maps_the_eval_input_back_by_hand():
     np.testing.assert_array_equal(network_input[:64, :, 2], 0.25)
     np.testing.assert_array_equal(network_input[64:], 0.0)
 
-    restored = original_image(network_input, float(labels["image_scale"]),
+    restored = original_image(network_input,
                               (32, 64), config.mean_rgb, config.stddev_rgb)
     assert restored.shape == (32, 64, 3) and restored.dtype == np.uint8
     np.testing.assert_array_equal(
@@ -249,7 +249,7 @@ FILLED_REGIONS = [((100, 80), (128, 102)), ((64, 120), (68, 128)),
                          ids=[f"{h}x{w}" for (h, w), _ in FILLED_REGIONS])
 def test_original_image_geometry_matches_pipeline(size, filled):
     """``original_image`` crops exactly the region the pipeline filled (its
-    size in float32 like ``augment.scale_geometry``): the region is read
+    size in float32 like ``scale_geometry``): the region is read
     off the pipeline's own output, then random content in it with extreme
     padding around it must come back as that region resized, and nothing
     else, so one row or column too many or too few shows."""
@@ -260,13 +260,13 @@ def test_original_image_geometry_matches_pipeline(size, filled):
     rows, cols = int(content.any(1).sum()), int(content.any(0).sum())
     assert (rows, cols) == filled
     assert content[:rows, :cols].all() and content.sum() == rows * cols
-    geometry = augment.scale_geometry(tf.constant(size), (128, 128))
+    geometry = scale_geometry(tf.constant(size), (128, 128))
     assert tuple(geometry.scaled_size.numpy()) == filled
 
     rng = np.random.default_rng(sum(size))
     probe = np.full(network_input.shape, 10.0, np.float32)  # 255 once clipped
     probe[:rows, :cols] = rng.uniform(-0.9, 0.9, (rows, cols, 3))
-    restored = original_image(probe, float(labels["image_scale"]), size,
+    restored = original_image(probe, size,
                               config.mean_rgb, config.stddev_rgb)
     region = tf.image.resize(probe[:rows, :cols] * 128.0 + 127.0, size).numpy()
     np.testing.assert_array_equal(restored,
@@ -412,7 +412,7 @@ def test_perfect_model_scores_one_against_original_pixel_json(
     config = tiny_config()
     model = GroundTruthModel(pattern, config)
     writer = tf.summary.create_file_writer(str(tmp_path / "summaries"))
-    metrics = evaluate(model, config, pattern, val_json_file=json_path,
+    metrics = evaluate(Detector(model, config), pattern, val_json_file=json_path,
                        batch_size=3, output_dir=str(tmp_path / "out"),
                        summary_writer=writer, step=7, num_images_to_draw=2)
     assert metrics["AP"] == pytest.approx(1.0)
@@ -447,7 +447,7 @@ def test_all_wrong_predictions_score_zero(records, tmp_path):
     that has ground truth to measure is exactly 0 (not -1, not a crash)."""
     pattern, json_path = records
     config = tiny_config()
-    metrics = evaluate(GroundTruthModel(pattern, config, class_shift=1), config,
+    metrics = evaluate(Detector(GroundTruthModel(pattern, config, class_shift=1), config),
                        pattern, val_json_file=json_path, batch_size=2,
                        output_dir=str(tmp_path))
     detections = json.loads((tmp_path / "detections.json").read_text())
@@ -461,7 +461,7 @@ def test_perfect_model_without_json_and_max_images(records, tmp_path):
     pattern, _ = records
     config = tiny_config(label_map=None)
     model = GroundTruthModel(pattern, config)
-    metrics = evaluate(model, config, pattern, batch_size=2, max_images=3,
+    metrics = evaluate(Detector(model, config), pattern, batch_size=2, max_images=3,
                        output_dir=str(tmp_path))
     assert metrics["AP"] == pytest.approx(1.0)
     assert "AP_/1" in metrics and "AP_/3" in metrics
@@ -472,13 +472,14 @@ def test_perfect_model_without_json_and_max_images(records, tmp_path):
 def test_scale_mistakes_would_show(records, tmp_path, monkeypatch):
     """The control for the tests above: the same perfect detections left in
     network pixels (postprocess without the scale) score far below 1."""
-    import efficientdet_tf.evaluation.evaluate as evaluate_module
+    import efficientdet_tf.modeling.detector as detector_module
     pattern, json_path = records
     config = tiny_config()
-    real = evaluate_module.postprocess
-    monkeypatch.setattr(evaluate_module, "postprocess",
-                        lambda c, b, cfg, scales: real(c, b, cfg, None))
-    metrics = evaluate(GroundTruthModel(pattern, config), config, pattern,
+    real = detector_module.postprocess
+    monkeypatch.setattr(detector_module, "postprocess",
+                        lambda c, b, cfg, image_scales, portable: real(
+                            c, b, cfg, None, portable))
+    metrics = evaluate(Detector(GroundTruthModel(pattern, config), config), pattern,
                        val_json_file=json_path)
     assert metrics["AP"] < 0.5
 
@@ -494,7 +495,7 @@ def test_duplicate_source_ids_count_once(tmp_path, caplog):
         writer.write(encode_example(example))
         writer.write(encode_example(example))
     with caplog.at_level(logging.WARNING):
-        metrics = evaluate(GroundTruthModel(pattern, config), config, pattern,
+        metrics = evaluate(Detector(GroundTruthModel(pattern, config), config), pattern,
                            output_dir=str(tmp_path))
     assert "appears again" in caplog.text
     assert metrics["AP"] == pytest.approx(1.0)
@@ -510,7 +511,7 @@ def test_no_detections_end_to_end(records, tmp_path, capsys):
     count = len(model.levels)
     model.outputs = {key: [np.full_like(o, -8.0) for o in outputs[:count]]
                      + outputs[count:] for key, outputs in model.outputs.items()}
-    metrics = evaluate(model, config, pattern, val_json_file=json_path,
+    metrics = evaluate(Detector(model, config), pattern, val_json_file=json_path,
                        output_dir=str(tmp_path))
     assert metrics["AP"] == metrics["ARmax100"] == 0.0
     assert json.loads((tmp_path / "detections.json").read_text()) == []
@@ -528,7 +529,7 @@ def test_records_that_do_not_match_the_json_fail_early(records, tmp_path):
     def model(images, training):
         raise AssertionError("the model must not run")
     with pytest.raises(ValueError, match="'101' is neither"):
-        evaluate(model, tiny_config(), pattern, val_json_file=str(json_path),
+        evaluate(Detector(model, tiny_config()), pattern, val_json_file=str(json_path),
                  batch_size=1)
 
 
@@ -536,7 +537,7 @@ def test_summary_writer_needs_a_step(records, tmp_path):
     pattern, _ = records
     writer = tf.summary.create_file_writer(str(tmp_path))
     with pytest.raises(ValueError, match="needs step"):
-        evaluate(lambda images, training: None, tiny_config(), pattern,
+        evaluate(Detector(lambda images, training: None, tiny_config()), pattern,
                  summary_writer=writer)
 
 
@@ -552,7 +553,7 @@ def test_demo_dataset_against_its_coco_json(tmp_path):
                  str(tmp_path / "val"), num_shards=1)
     pattern = str(tmp_path / "val-*.tfrecord")
     config = tiny_config()
-    metrics = evaluate(GroundTruthModel(pattern, config), config, pattern,
+    metrics = evaluate(Detector(GroundTruthModel(pattern, config), config), pattern,
                        val_json_file=str(tmp_path / "val" / "annotations.json"))
     assert metrics["AP50"] == pytest.approx(1.0)
     assert metrics["AP"] > 0.9  # small shapes: sub-pixel rounding counts
@@ -566,11 +567,11 @@ def test_real_tiny_model(records, tmp_path):
     model = build_model(config)
     assert num_anchors(config) == 9
     writer = tf.summary.create_file_writer(str(tmp_path / "summaries"))
-    with_json = evaluate(model, config, pattern, val_json_file=json_path,
+    with_json = evaluate(Detector(model, config), pattern, val_json_file=json_path,
                          batch_size=3, max_images=2,
                          output_dir=str(tmp_path / "a"),
                          summary_writer=writer, step=1)
-    from_records = evaluate(model, config, pattern, batch_size=3,
+    from_records = evaluate(Detector(model, config), pattern, batch_size=3,
                             output_dir=str(tmp_path / "b"))
     names = set(cm.METRIC_NAMES) | {f"AP_/{n}" for n in LABEL_MAP.values()}
     for metrics, folder in ((with_json, "a"), (from_records, "b")):

@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 
 from efficientdet_tf.modeling import checkpoint as ckpt_lib
-from efficientdet_tf.config import PRESETS, get_config
+from efficientdet_tf.config import get_config
+from efficientdet_tf.presets import PRESETS
 from efficientdet_tf.modeling.model import build_model
 
 from tests.conftest import REPO_ROOT, tiny_official_model

@@ -175,9 +175,10 @@ def test_deterministic_runs_end_bit_identical(records, tmp_path):
 
 
 def test_train_and_eval_then_eval_mode(capsys, records, tmp_path, monkeypatch):
-    calls = []
+    calls, detectors = [], []
 
-    def fake_evaluate(model, config, file_pattern, **kwargs):
+    def fake_evaluate(detector, file_pattern, **kwargs):
+        detectors.append(detector)
         calls.append((kwargs["step"], file_pattern, kwargs["max_images"]))
         return {"AP": [0.3, 0.2, 0.1][len(calls) % 3], "AP50": 0.5}
     monkeypatch.setitem(sys.modules, "efficientdet_tf.evaluation.evaluate",
@@ -193,6 +194,8 @@ def test_train_and_eval_then_eval_mode(capsys, records, tmp_path, monkeypatch):
         "--num_examples_per_epoch=4", "--num_epochs=2", "--deterministic")
     assert code == 0, err
     assert calls == [(2, records, 2), (4, records, 2)]
+    # One detector for the run's model: its traced function is reused.
+    assert detectors[0] is detectors[1]
     assert "best AP so far: 0.2000 at step 2" in out
     assert "at step 4" not in out.split("best AP")[-1]  # 0.1 is no better
     best = model_dir / trainer_state.BEST_DIR

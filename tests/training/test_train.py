@@ -171,7 +171,7 @@ def test_ema_differs_and_is_what_gets_evaluated(trained, monkeypatch):
 
     seen = {}
 
-    def fake_evaluate(model, config, file_pattern, **kwargs):
+    def fake_evaluate(detector, file_pattern, **kwargs):
         seen.update({n: v.numpy() for n, v in variables.items()})
         seen["step"] = kwargs["step"]
         return {"AP": 0.25, "AP50": 0.5}

@@ -14,7 +14,6 @@ joined twice, which broke the README's first command.
 from __future__ import annotations
 
 import json
-import pathlib
 import shutil
 
 import numpy as np

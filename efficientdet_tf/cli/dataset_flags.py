@@ -1,4 +1,4 @@
-"""Flag sets shared by the dataset CLIs (``efficientdet_tf.cli``'s
+"""Flag sets shared by the dataset commands (the
 converters, inspector and generator).
 
 What the dataset commands have in common (the bad-annotation policy flags,
