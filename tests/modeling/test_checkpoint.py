@@ -19,19 +19,14 @@ import tensorflow as tf
 
 from efficientdet_tf.modeling import checkpoint as ckpt_lib
 from efficientdet_tf.config import get_config
-from efficientdet_tf.presets import PRESETS
 from efficientdet_tf.modeling.model import build_model
 
-from tests.conftest import REPO_ROOT, tiny_official_model
+from tests.conftest import REPO_ROOT
 
 TOLERANCE = 1e-3
 D0_OVERRIDES = {"image_size": 256}
 CLASS_PREDICT = "class_net/class-predict"
-# Tracing the bigger models takes 15-35 s each on two cores: they are marked
-# slow (CI still runs them), the smaller ones run in every quick pass.
-BIG_MODELS = {"efficientdet-d3", "efficientdet-d4", "efficientdet-d5",
-              "efficientdet-d6", "efficientdet-d7", "efficientdet-d7x",
-              "efficientdet-lite3x", "efficientdet-lite4"}
+
 
 
 @pytest.fixture(scope="module")
@@ -340,29 +335,3 @@ def test_crash_mid_save_keeps_previous_checkpoint(
     assert_matches(d0_model, d0_input, d0_dir, "ema")
     assert ckpt_lib.save_native(d0_model, tmp_path).endswith("ckpt-2") == (
         failure == "write")
-
-
-def test_every_automl_listing_is_checked(fixtures_dir):
-    listings = (fixtures_dir / "automl_variables").glob("*.tsv")
-    assert sorted(p.stem for p in listings) == sorted(PRESETS)
-
-
-@pytest.mark.parametrize("model_name", [
-    pytest.param(n, marks=[pytest.mark.slow] if n in BIG_MODELS else [])
-    for n in PRESETS])
-def test_official_names_match_automl_listing(fixtures_dir, model_name):
-    listing = fixtures_dir / "automl_variables" / f"{model_name}.tsv"
-    official = {}
-    for line in listing.read_text().splitlines()[1:]:
-        name, shape, trainable = line.split("\t")
-        official[name] = (tuple(int(s) for s in shape.split(",") if s),
-                          trainable == "1")
-    model = tiny_official_model(model_name)
-    ours = {name: (tuple(v.shape), v.trainable) for name, v in
-            ckpt_lib.official_variable_map(model).items()}
-    assert sorted(ours) == sorted(official)
-    assert ours == official
-    summary = json.loads(
-        (fixtures_dir / "automl_variables" / "summary.json").read_text())
-    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
-    assert trainable == summary[model_name]["trainable_params"]
