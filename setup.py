@@ -37,7 +37,10 @@ setup(
         # pip would install beside tensorflow-cpu; install it with
         # `pip install --no-deps tensorflow-serving-api` (its test skips
         # without it).
-        "test": ["pytest>=7", "pytest-timeout", "tf2onnx", "onnxruntime"],
+        # pytest-xdist: tests/run.sh spreads the test files over two
+        # processes (one process keeps only one of two cores busy).
+        "test": ["pytest>=7", "pytest-timeout", "pytest-xdist", "tf2onnx",
+                 "onnxruntime"],
         "export": ["tf2onnx", "onnxruntime", "ai-edge-litert"],
     },
     # The commands a clone runs as scripts (main.py, model_inspect.py,

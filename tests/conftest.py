@@ -63,9 +63,6 @@ def fixtures_dir() -> pathlib.Path:
     return root
 
 
-_TINY_MODELS: dict = {}
-
-
 def _traced_custom_gradients() -> set[str]:
     """Names of the gradient functions ``tf.custom_gradient`` registered
     when traced into graphs (TensorFlow keeps them, and through them the
@@ -97,28 +94,25 @@ def forget_traced_custom_gradients():
 def release_models_after_each_module():
     """Models, traced functions and their graphs otherwise pile up across the
     suite's modules (one pytest process): each module's are released when it
-    ends (the tiny official presets included), so the suite's peak memory is
-    that of its largest module rather than their sum."""
+    ends, so the suite's peak memory is that of its largest module rather
+    than their sum."""
     yield
-    _TINY_MODELS.clear()
     import gc
 
     import keras
     keras.backend.clear_session()
     gc.collect()
+    _return_freed_memory()
 
 
-def tiny_official_model(name: str):
-    """The named preset with 90 classes at the smallest valid image size,
-    built once per test module: parameter counts and variable names do not
-    depend on the image size, and the large presets take seconds to build."""
-    if name not in _TINY_MODELS:
-        from efficientdet_tf.config import get_config
-        from efficientdet_tf.modeling.model import build_model
-        config = get_config(name)
-        _TINY_MODELS[name] = build_model(
-            config.override({"image_size": 2 ** config.max_level}))
-    return _TINY_MODELS[name]
+def _return_freed_memory() -> None:
+    """glibc keeps freed heap pages mapped, so without a trim a process's
+    RSS only grows from module to module (and two test processes add up)."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and name:
+        ctypes.CDLL(name).malloc_trim(0)
 
 
 def tiny_config(**overrides):

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from efficientdet_tf.config import Config
+from efficientdet_tf.config import Config, ConfigError
 from efficientdet_tf.ops.postprocess import Detections, postprocess
 from efficientdet_tf.ops.preprocess import normalize_image, preprocess_image
 
@@ -46,7 +46,7 @@ class Detector:
     def __init__(self, model: Callable[..., Any], config: Config,
                  batch_size: int | None = None, portable_nms: bool = False):
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.config = model, config
         self.batch_size, self.portable_nms = batch_size, portable_nms
         height, width = config.image_size

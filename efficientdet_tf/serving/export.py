@@ -103,10 +103,15 @@ class ServingGraph:
 
     def __init__(self, model: keras.Model, config: Config,
                  batch_size: int | None = None, portable_nms: bool = False):
-        if batch_size is not None and batch_size < 1:
-            raise ExportError(f"batch_size must be >= 1, got {batch_size}")
         self.detector = Detector(model, config, batch_size, portable_nms)
-        self.config, self.batch_size = config, batch_size
+
+    @property
+    def config(self) -> Config:
+        return self.detector.config
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.detector.batch_size
 
     def detect_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """uint8 ``[B, h, w, 3]`` -> detections in pixels of the input."""

@@ -1,12 +1,13 @@
 """The 15 official presets as automl builds them: trainable parameter
 counts, variable names and shapes (automl's listings), backbone drop-connect.
 
-Every test here uses :func:`tests.conftest.tiny_official_model`, which builds
-each preset once per test module: gathered in one module, the big presets
-(D7x takes ~20 s on two cores) are built once for all of these checks.
+Every test here takes the ``preset`` fixture: pytest runs all checks of one
+preset, then releases its model before building the next, so each preset is
+built once (D7x takes ~20 s on two cores) and only one is in memory.
 """
 from __future__ import annotations
 
+import gc
 import json
 
 import keras
@@ -15,9 +16,8 @@ import pytest
 
 from efficientdet_tf.config import get_config
 from efficientdet_tf.modeling import checkpoint as ckpt_lib
+from efficientdet_tf.modeling.model import build_model
 from efficientdet_tf.presets import PRESETS
-
-from tests.conftest import tiny_official_model
 
 # Tracing the bigger models takes 15-35 s each on two cores: they are marked
 # slow (CI still runs them), the smaller ones run in every quick pass.
@@ -40,21 +40,44 @@ OFFICIAL_PARAMS = {
 }
 
 
+# automl's backbone builder turns drop-connect off for EfficientNet-B0 only;
+# every other official backbone keeps its default survival of 0.8 in the
+# last block.
+NO_DROP_CONNECT = {"efficientdet-d0"}
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param(n, marks=[pytest.mark.slow] if n in BIG_MODELS else [])
+    for n in sorted(PRESETS)])
+def preset(request):
+    """(name, model): the named preset with 90 classes at the smallest valid
+    image size (parameter counts and variable names do not depend on it)."""
+    name = request.param
+    config = get_config(name)
+    model = build_model(config.override({"image_size": 2 ** config.max_level}))
+    yield name, model
+    del model
+    gc.collect()
+
+
 def trainable_count(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
-@pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
-def test_trainable_parameters_equal_official(name):
-    assert trainable_count(tiny_official_model(name)) == OFFICIAL_PARAMS[name]
+def test_every_preset_is_checked():
+    assert sorted(OFFICIAL_PARAMS) == sorted(PRESETS)
 
 
-@pytest.mark.parametrize("name,survival", [
-    ("efficientdet-d0", None), ("efficientdet-d1", 0.8),
-    ("efficientdet-lite0", 0.8)])
-def test_backbone_drop_connect_comes_from_the_config(name, survival):
-    backbone = tiny_official_model(name).get_layer(get_config(name).backbone_name)
-    assert backbone.survival_prob == survival
+def test_trainable_parameters_equal_official(preset):
+    name, model = preset
+    assert trainable_count(model) == OFFICIAL_PARAMS[name]
+
+
+def test_backbone_drop_connect_comes_from_the_config(preset):
+    name, model = preset
+    backbone = model.get_layer(get_config(name).backbone_name)
+    expected = None if name in NO_DROP_CONNECT else 0.8
+    assert backbone.survival_prob == expected
 
 
 def test_every_automl_listing_is_checked(fixtures_dir):
@@ -62,17 +85,14 @@ def test_every_automl_listing_is_checked(fixtures_dir):
     assert sorted(p.stem for p in listings) == sorted(PRESETS)
 
 
-@pytest.mark.parametrize("model_name", [
-    pytest.param(n, marks=[pytest.mark.slow] if n in BIG_MODELS else [])
-    for n in PRESETS])
-def test_official_names_match_automl_listing(fixtures_dir, model_name):
+def test_official_names_match_automl_listing(fixtures_dir, preset):
+    model_name, model = preset
     listing = fixtures_dir / "automl_variables" / f"{model_name}.tsv"
     official = {}
     for line in listing.read_text().splitlines()[1:]:
         name, shape, trainable = line.split("\t")
         official[name] = (tuple(int(s) for s in shape.split(",") if s),
                           trainable == "1")
-    model = tiny_official_model(model_name)
     ours = {name: (tuple(v.shape), v.trainable) for name, v in
             ckpt_lib.official_variable_map(model).items()}
     assert sorted(ours) == sorted(official)
