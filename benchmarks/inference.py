@@ -9,7 +9,9 @@ anchors) to a temporary SavedModel, loads it back as a server would, and
 times ``serving_default`` on one fixed uint8 batch: median and p90 ms per
 image and images/s. Also times ``serving_bytes`` with the same image as a
 JPEG (decode included). On a shared machine the numbers move with other
-load: run it more than once.
+load: run it more than once, or use ``side_by_side.py``, which runs it
+beside the official model. The last line is ``RESULT {json}``
+(``results.py``).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from efficientdet_tf.config import ConfigError  # noqa: E402
 from efficientdet_tf.serving.export import (SERVING_BYTES, SERVING_DEFAULT,  # noqa: E402
                                     export_saved_model, load_model)
 from efficientdet_tf.serving.inference import benchmark_serving, time_calls  # noqa: E402
+from results import emit_result, peak_rss_gb  # noqa: E402  (benchmarks/)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,11 +45,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="intra- and inter-op threads (0: TensorFlow's choice)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     try:
         model, config, _ = load_model(args.model_name, args.ckpt_path,
                                       args.hparams)
@@ -66,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = benchmark_serving(signatures[SERVING_DEFAULT], image_hw,
                                   args.batch_size, args.runs, args.warmup)
         print(f"  serving_default (uint8): {stats.text()}")
+        uint8_ms = stats.median_ms
         image = np.random.default_rng(0).integers(0, 256, (*image_hw, 3),
                                                   dtype=np.uint8)
         data = tf.constant([tf.io.encode_jpeg(image).numpy()] *
@@ -75,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda: bytes_fn(image_bytes=data)["num_detections"].numpy(),
             args.batch_size, args.runs, args.warmup)
         print(f"  serving_bytes (JPEG):    {stats.text()}")
+    emit_result({"ms": uint8_ms, "jpeg_ms": stats.median_ms,
+                 "runs": args.runs, "peak_rss_gb": peak_rss_gb()})
     return 0
 
 

@@ -18,11 +18,10 @@ Formats (``--formats``, comma-separated):
   ``--threads`` threads: letterboxing (numpy/TF, outside the model), network
   and NMS. INT8 is calibrated on generated demo images.
 
-Every row prints median / p90 ms per image and images/s; rows with an
-official reference show it (measured on the issue's machine type: network
-~206 ms, SavedModel 232 ms, TFLite FP32 132 ms for D0 512x512) and the
-target. Machines here differ by up to 2.5x, so compare the ratio; and a
-shared machine moves with other load: run it more than once.
+Every row prints median / p90 ms per image and images/s. These are this
+machine's numbers only: machines differ by up to 2.5x and a shared one moves
+with other load, so a comparison with the official model is a ratio
+measured in the same run (``side_by_side.py``).
 """
 from __future__ import annotations
 
@@ -51,9 +50,6 @@ from efficientdet_tf.serving.tflite_export import (TFLiteDetector,  # noqa: E402
 
 JIT_MODES = {"off": False, "on": True}
 FORMATS = ("network", "saved_model", "tflite_fp32", "tflite_int8")
-# D0 512x512 batch 1 on the issue's machine type: (official ms, target ms).
-REFERENCES = {"network": (206, 180), "saved_model": (232, 190),
-              "tflite_fp32": (132, 125)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,18 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def row(name: str, latency: Latency, reference: str | None = None) -> str:
-    """One result line; with the official reference and target of
-    ``reference`` (a key of REFERENCES), given only for the D0 512x512
-    batch-1 runs they were measured on."""
-    text = (f"  {name:24s} median {latency.median_ms:7.1f} ms/image  p90 "
+def row(name: str, latency: Latency) -> str:
+    return (f"  {name:24s} median {latency.median_ms:7.1f} ms/image  p90 "
             f"{latency.p90_ms:7.1f} ms/image  {latency.images_per_second:6.2f} "
             "images/s")
-    if reference in REFERENCES:
-        official, target = REFERENCES[reference]
-        text += (f"  ({latency.median_ms / official:.2f}x official {official} "
-                 f"ms; target {target})")
-    return text
 
 
 def time_deployed(model, config: Config, formats: list[str],
@@ -111,7 +99,7 @@ def time_deployed(model, config: Config, formats: list[str],
             serving = tf.saved_model.load(path).signatures[SERVING_DEFAULT]
             print(row("saved_model (end to end)", benchmark_serving(
                 serving, (height, width), args.batch_size, args.runs,
-                args.warmup), args.reference("saved_model")))
+                args.warmup)))
         quantizations = [f.split("_")[1] for f in formats if f.startswith("tflite")]
         if not quantizations:
             return
@@ -133,8 +121,7 @@ def time_deployed(model, config: Config, formats: list[str],
                 boxed, _ = letterbox(image, config.image_size, config.mean_rgb)
                 detector.detect(boxed[None])
             print(row(f"tflite_{quantization} ({args.threads} threads)",
-                      time_calls(call, 1, args.runs, args.warmup),
-                      args.reference(f"tflite_{quantization}")))
+                      time_calls(call, 1, args.runs, args.warmup)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,9 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = build_model(config)
     height, width = config.image_size
-    comparable = (config.name == "efficientdet-d0" and args.batch_size == 1
-                  and (height, width) == (512, 512))
-    args.reference = lambda key: key if comparable else None
     print(f"{config.name} {height}x{width} batch {args.batch_size}: "
           f"{count_flops(model) / 1e9:.3f}B multiply-adds/image; "
           f"{args.runs} runs after {args.warmup} warm-up")
@@ -179,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             results = measure_latency(models, args.batch_size, args.runs,
                                       args.warmup, jit_compile=JIT_MODES[mode])
             for name, latency in results.items():
-                print(row(f"{name} (jit_compile={mode})", latency,
-                          args.reference(name) if mode == "off" else None))
+                print(row(f"{name} (jit_compile={mode})", latency))
     time_deployed(model, config, formats, args)
     # ru_maxrss is in KiB on Linux.
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

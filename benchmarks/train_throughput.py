@@ -15,20 +15,17 @@ Timing uses the public ``Trainer.train(until_step)``: the first step
 checkpoint save, ~1 % of the time). Peak RSS is the process high-water
 mark (``ru_maxrss``), which includes the input pipeline's buffers.
 
-References measured on the issue's machine (D0 512, batch 4, 2 threads):
-official automl 0.58 images/s; PyTorch ``effdet`` 0.68-0.80 images/s with
-+3.3 GB peak. Target: >= 0.8 images/s, peak RSS <= 3 GB. Measured here:
-2.0-2.3 images/s at 3.9 GB with the official defaults; 1.66 images/s at
-2.27 GB with ``grad_checkpoint=true``. Machines here
-differ by up to 2.5x, and a shared machine moves between runs: compare
-runs made back to back.
+``--fixed_batch`` times the compiled step alone: one batch from the
+pipeline, cached and fed again every step, EMA off; the like-for-like
+counterpart of ``automl_reference.py train`` (``side_by_side.py`` runs
+both and prints the ratio). The last line is ``RESULT {json}``
+(``results.py``).
 """
 from __future__ import annotations
 
 import argparse
 import io
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -40,8 +37,7 @@ import tensorflow as tf  # noqa: E402
 from efficientdet_tf.config import get_config  # noqa: E402
 from efficientdet_tf.training.trainer import Trainer, TrainOptions  # noqa: E402
 from input_pipeline import write_records  # noqa: E402  (benchmarks/)
-
-OFFICIAL_IMAGES_PER_SECOND = 0.58  # automl on the issue's machine
+from results import emit_result, peak_rss_gb  # noqa: E402  (benchmarks/)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,11 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="intra- and inter-op threads (0: TensorFlow's choice)")
     parser.add_argument("--hparams", default="",
                         help="extra overrides, e.g. mixed_precision=true")
+    parser.add_argument("--fixed_batch", action="store_true",
+                        help="one cached batch every step, EMA off (the "
+                        "official harness's setting)")
     return parser.parse_args(argv)
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+def feed_one_batch(trainer: Trainer) -> None:
+    """Replaces the trainer's input with its first batch, repeated: the
+    step is timed without the input pipeline (whose threads would otherwise
+    compete for the cores)."""
+    batch = next(trainer.iterator)
+    trainer.iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     overrides = f"image_size={args.image_size}"
+    if args.fixed_batch:
+        overrides += ",moving_average_decay=0"
     if args.hparams:
         overrides += "," + args.hparams
     config = get_config(args.model_name, overrides)
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = peak_rss_gb()
         start = time.perf_counter()
         trainer = Trainer(config, options, stream=io.StringIO())
+        if args.fixed_batch:
+            feed_one_batch(trainer)
         built = time.perf_counter() - start
         start = time.perf_counter()
         trainer.train(until_step=1)
@@ -96,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     images_per_second = args.steps * args.batch_size / timed
     print(f"{config.name} {config.image_size[0]}x{config.image_size[1]}, batch "
           f"{args.batch_size}, {args.threads or 'default'} threads, "
-          f"mixed_precision={config.mixed_precision}")
+          f"mixed_precision={config.mixed_precision}, "
+          f"{'one fixed batch, EMA off' if args.fixed_batch else 'input pipeline'}")
     print(f"  build (model, optimizer, EMA, input): {built:.1f} s")
     print(f"  first step (trace + step + checkpoint): {first:.1f} s")
     print(f"  {args.steps} timed steps: {timed / args.steps:.2f} s/step, "
-          f"{images_per_second:.2f} images/s "
-          f"({images_per_second / OFFICIAL_IMAGES_PER_SECOND:.2f}x the official "
-          f"{OFFICIAL_IMAGES_PER_SECOND} images/s measured on the issue's machine)")
+          f"{images_per_second:.2f} images/s")
     print(f"  peak RSS: {peak_rss_gb():.2f} GB (before building: {rss_before:.2f} GB)")
+    emit_result({"images_per_second": images_per_second, "first_step_s": first,
+                 "steps": args.steps, "peak_rss_gb": peak_rss_gb()})
     return 0
 
 

@@ -20,19 +20,30 @@ FUSION_METHODS = ("sum", "attn", "fastattn", "channel_attn", "channel_fastattn")
 FASTATTN_EPSILON = 1e-4
 
 
-def fusion_weights(method: str, raw: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-    """Normalised per-input weights from the raw learned ones.
+def fuse(method: str, nodes: Sequence[tf.Tensor],
+         raw: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The weighted sum of a node's (resampled) inputs.
 
     ``attn``: softmax across inputs. ``fastattn``: ReLU then divide by the sum
     plus 1e-4 (the paper's fast normalised fusion), so weights are always
     non-negative whatever the raw values. ``channel_*``: the same per channel.
+
+    The operations come in automl's order (``input * weight / total`` for
+    the fast fusion; stack, multiply and reduce for softmax). The fusion
+    weights' gradients are sums over whole feature maps that nearly cancel,
+    so another order of the same arithmetic (``input * (weight / total)``)
+    changed them by up to 24 % against the official step's.
     """
     if method in ("attn", "channel_attn"):
-        return tf.unstack(tf.nn.softmax(tf.stack(raw, axis=-1), axis=-1), axis=-1)
+        weights = [tf.cast(w, nodes[0].dtype) for w in raw]
+        normalised = (tf.nn.softmax(tf.stack(weights)) if method == "attn" else
+                      tf.nn.softmax(tf.stack(weights, axis=-1), axis=-1))
+        return tf.reduce_sum(tf.stack(nodes, axis=-1) * normalised, axis=-1)
     if method in ("fastattn", "channel_fastattn"):
-        relu = [tf.nn.relu(w) for w in raw]
-        total = tf.add_n(relu) + FASTATTN_EPSILON
-        return [w / total for w in relu]
+        weights = [tf.nn.relu(tf.cast(w, nodes[0].dtype)) for w in raw]
+        total = tf.add_n(weights) + FASTATTN_EPSILON
+        return tf.add_n([node * weight / total
+                         for node, weight in zip(nodes, weights)])
     raise ValueError(f"fusion method {method!r} has no weights")
 
 
@@ -203,9 +214,7 @@ class FNode(keras.layers.Layer):
         if self.weight_method == "sum":
             fused = tf.add_n(nodes)
         else:
-            weights = fusion_weights(self.weight_method, self.fusion_weights)
-            fused = tf.add_n([n * tf.cast(w, n.dtype)
-                              for n, w in zip(nodes, weights)])
+            fused = fuse(self.weight_method, nodes, self.fusion_weights)
         return self.op_after_combine(fused, training=training)
 
     def get_config(self) -> dict[str, Any]:

@@ -47,17 +47,26 @@ def activation(act_type: str) -> Callable[[tf.Tensor], tf.Tensor]:
     return choose(_ACTIVATIONS, "act_type", act_type)
 
 
+# TF's fused batch norm raises a smaller epsilon to this (automl's is 1e-3).
+_FUSED_MIN_EPSILON = 1.001e-5
+
+
 @keras.saving.register_keras_serializable(package="efficientdet_tf")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """Keras batch norm with the official (fused) batch norm's statistics.
+    """Keras batch norm that runs TF's fused kernel, as automl's does.
 
-    Training: the moving variance averages the *unbiased* batch variance
-    (times n / (n - 1), n the values per channel over the global batch), as
-    TF's fused op that automl's batch norm runs does; Keras 3 averages the
-    biased one, which differs visibly on small maps (x1.14 at level 7 of a
-    256 px batch of 2). Normalisation itself uses the biased variance in
-    both. Synchronized (multi-replica) statistics count the global batch, so
-    N replicas of batch b keep the statistics one device of batch N*b does.
+    Training: automl's (tf-keras) batch norm runs ``FusedBatchNormV3`` and
+    its gradient kernel; Keras 3 composes moments and elementwise ops, whose
+    backward pass differs from the fused kernel's in the last bits and is
+    slower. So training runs the fused op too, and the moving averages are
+    the kernel's own update: toward the batch mean and the *unbiased* batch
+    variance (times n / (n - 1), n the values per channel), where Keras 3
+    averages the biased one (x1.14 at level 7 of a 256 px batch of 2).
+    Normalisation itself uses the biased variance in both. Synchronized
+    (multi-replica) statistics need the moments of the global batch, which
+    the fused op cannot all-reduce: they take the composed path, counting
+    the global batch, so N replicas of batch b keep the statistics one
+    device of batch N*b does.
 
     Inference: Keras 3 computes ``x * scale + shift`` (two elementwise
     passes over the tensor). TF's ``FusedBatchNormV3`` gives the same values
@@ -86,11 +95,22 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             is_training=False)
         return outputs
 
+    def _fusable(self, inputs: tf.Tensor) -> bool:
+        """The fused kernel's constraints: 4-D channels-last float inputs
+        with scale and offset, an epsilon it does not raise to its minimum,
+        and statistics of this replica's batch alone."""
+        return (len(inputs.shape) == 4 and self.axis in (-1, 3)
+                and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16)
+                and self.center and self.scale and not self.synchronized
+                and self.epsilon >= _FUSED_MIN_EPSILON)
+
     def _normalise_with_batch_statistics(self, inputs: tf.Tensor,
                                          update: bool) -> tf.Tensor:
-        """Keras' training-mode output (same moments, incl. synchronized
-        ones, same formula); with ``update``, the moving averages move
-        toward the batch mean and the unbiased batch variance."""
+        """Training-mode output from the batch's moments; with ``update``,
+        the moving averages move toward the batch mean and the unbiased
+        batch variance."""
+        if self._fusable(inputs):
+            return self._fused_training(inputs, update)
         x = tf.cast(inputs, tf.float32)
         mean, variance = self._moments(x, None)
         if update:
@@ -109,6 +129,21 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             offset=tf.cast(self.beta, tf.float32) if self.center else None,
             scale=tf.cast(self.gamma, tf.float32) if self.scale else None,
             epsilon=self.epsilon)
+        return tf.cast(outputs, self.compute_dtype)
+
+    def _fused_training(self, inputs: tf.Tensor, update: bool) -> tf.Tensor:
+        """``FusedBatchNormV3`` in training mode. With ``update`` the kernel
+        itself blends the moving averages (``exponential_avg_factor`` = 1 -
+        momentum), as tf-keras has it do for automl."""
+        factor = 1.0 - self.momentum if update else 1.0
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+            mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=self.epsilon, is_training=True,
+            exponential_avg_factor=factor)
+        if update:
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(variance)
         return tf.cast(outputs, self.compute_dtype)
 
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from efficientdet_tf.config import ConfigError
-from efficientdet_tf.modeling.bifpn import FNode, ResampleFeatureMap, fusion_weights
+from efficientdet_tf.modeling.bifpn import FNode, ResampleFeatureMap, fuse
 from efficientdet_tf.modeling.fpn_topologies import (FPN_TOPOLOGIES, FNodeSpec,
                                                      bifpn_topology, fpn_topology,
                                                      qufpn_topology,
@@ -60,11 +60,18 @@ def test_explicit_nodes_are_checked(nodes, message):
         topology_from_nodes(nodes, 3, 4)
 
 
+def fusion_weights(method: str, raw: list[tf.Tensor]) -> list[np.ndarray]:
+    """Each input's effective weight: the fusion of one-hot inputs."""
+    shape = [1, 1, 1, 2]
+    return [fuse(method, [tf.fill(shape, float(i == j)) for j in range(len(raw))],
+                 raw).numpy().reshape(-1) for i in range(len(raw))]
+
+
 @pytest.mark.parametrize("method", ["fastattn", "channel_fastattn"])
 def test_fastattn_weights_non_negative_and_normalised(method):
     raw = [tf.constant([-3.0, 0.5]), tf.constant([2.0, -1.0]),
            tf.constant([0.25, 0.0])]
-    weights = np.stack([w.numpy() for w in fusion_weights(method, raw)])
+    weights = np.stack(fusion_weights(method, raw))
     assert (weights >= 0).all()
     np.testing.assert_allclose(weights[:, 0], [0, 2 / 2.2501, 0.25 / 2.2501],
                                rtol=1e-6)
@@ -74,7 +81,7 @@ def test_fastattn_weights_non_negative_and_normalised(method):
 def test_attn_weights_are_softmax():
     weights = fusion_weights("attn", [tf.constant(0.0), tf.constant(np.log(3.0),
                                                                      tf.float32)])
-    np.testing.assert_allclose([w.numpy() for w in weights], [0.25, 0.75],
+    np.testing.assert_allclose([w[0] for w in weights], [0.25, 0.75],
                                rtol=1e-6)
 
 

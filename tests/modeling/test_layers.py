@@ -53,3 +53,52 @@ def test_recompute_gradient_updates_batch_norm_statistics_once():
     np.testing.assert_allclose(mean, plain_mean, rtol=1e-6)
     np.testing.assert_allclose(mean, 0.5 * np.mean(x.numpy(), axis=(0, 1, 2)),
                                rtol=1e-5)
+
+
+def test_training_batch_norm_runs_the_fused_kernel_and_its_gradient():
+    """automl's batch norm runs TF's fused kernel in training, forward and
+    backward, and lets it blend the moving averages toward the unbiased
+    batch variance; ours did the same statistics from composed ops, whose
+    gradient is another computation (the ten-step trajectory drifted from
+    the official one). Values and gradients are checked against NumPy's
+    closed form, the kernels by name in the traced step."""
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(1.0, 2.0, (2, 5, 6, 3)), tf.float32)
+    weights = tf.constant(rng.normal(size=(2, 5, 6, 3)), tf.float32)
+    bn = batch_norm("bn", 0.9, 1e-3)
+    bn.build(x.shape)
+    gamma, beta = np.float32([0.5, 2.0, 1.5]), np.float32([0.1, -0.3, 0.7])
+    bn.gamma.assign(gamma)
+    bn.beta.assign(beta)
+    bn.moving_mean.assign([1.0, -1.0, 0.5])
+    bn.moving_variance.assign([2.0, 0.5, 1.0])
+
+    @tf.function
+    def step(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(bn(inputs, training=True) * weights)
+        return tape.gradient(loss, [inputs, bn.gamma, bn.beta])
+
+    kernels = {op.type for op in step.get_concrete_function(x).graph.get_operations()}
+    assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= kernels, sorted(kernels)
+    dx, dgamma, dbeta = (g.numpy() for g in step(x))
+
+    values, w = x.numpy().astype(np.float64), weights.numpy().astype(np.float64)
+    axes, n = (0, 1, 2), 60
+    mean, variance = values.mean(axis=axes), values.var(axis=axes)
+    normalised = (values - mean) / np.sqrt(variance + 1e-3)
+    np.testing.assert_allclose(dbeta, w.sum(axis=axes), rtol=1e-5)
+    np.testing.assert_allclose(dgamma, (w * normalised).sum(axis=axes), rtol=1e-4)
+    expected_dx = gamma / np.sqrt(variance + 1e-3) * (
+        w - w.mean(axis=axes) - normalised * (w * normalised).mean(axis=axes))
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_mean.numpy(),
+                               0.9 * np.float64([1.0, -1.0, 0.5]) + 0.1 * mean,
+                               rtol=1e-5)
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(),
+        0.9 * np.float64([2.0, 0.5, 1.0]) + 0.1 * variance * n / (n - 1), rtol=1e-5)
+    outputs = bn(x, training=True, update_statistics=False).numpy()
+    np.testing.assert_allclose(outputs, gamma * normalised + beta, rtol=1e-4,
+                               atol=1e-5)

@@ -48,30 +48,38 @@ TRAJECTORY_KEYS = ("learning_rate", "lr_warmup_epoch", "lr_decay_method",
                    "weight_decay", "moving_average_decay", "mixed_precision")
 BATCH = 2
 
-# README tolerances for one step.
+# One step, run eagerly as the fixture was made: the same kernels in the same
+# order as automl (TF's fused batch norm forward and backward, the BiFPN
+# fusion as input * weight / total), so the gradients agree to float
+# rounding (measured: cosine 1 - 2e-12, median variable 1e-6, worst 1e-4).
+# Far tighter than the README's tolerances (norm 1e-4, cosine 0.9999,
+# variables 5e-2), which Keras 3's composed batch norm and another fusion
+# order only just met (median 0.2 %, fusion weights up to 1.8 %).
 LOSS_RTOL = 1e-5
-GRAD_NORM_RTOL = 1e-4
-MIN_COSINE = 0.9999
-VARIABLE_RTOL = 5e-2
+GRAD_NORM_RTOL = 1e-6
+MIN_COSINE = 1 - 1e-9
+VARIABLE_RTOL = 1e-3
 TINY_GRADIENT = 1e-5  # official norm below this: compared absolutely
-# Ten steps. This run is chaotic: our one-step gradients differ from the
-# official ones by ~0.2 % (backward kernels, above), and by step 4 that has
-# grown beyond the official code's own ~1e-4 run-to-run noise. Scaling our own
-# first update by 1 + 0.3 % noise moves our own losses by up to 7e-4, box
-# loss by 1.6 %, later gradient norms by 25 % and the updates to cosine 0.990
-# and a median relative error of 13 %: the same as ours vs official (1.1e-3,
-# 1 %, 11 %, 0.987 and 14 %). So the first steps are compared tightly and the
-# whole run at that noise level; the README's run-to-run figures (cosine
-# 0.99998, 0.7 %) only hold for two runs of one implementation.
+# Ten steps. This run is chaotic, and the fixture's own trajectory is not
+# reproduced on this machine by the official code itself: automl's
+# train_step, run here ten times from the same weights on the same batch
+# (TF 2.21, tf-keras), drifts from the fixture as ours does, losses from 5e-5
+# at step 4 to 1e-3, updates at cosine 0.9956, median relative error 8.7 %
+# (the fixture README's 0.99998 and 0.7 % are run to run on its machine).
+# Ours, compiled as the Trainer runs it: cosine 0.995, median 9 %, losses
+# within 8e-4, box loss 6.5e-3, gradient norms 11 % (before the fused batch
+# norm and automl's fusion order: cosine 0.987, median 14 %). So the first
+# steps are compared tightly and the whole run at the official code's own
+# level here.
 EXACT_STEPS = 2  # every loss term: before any gradient difference fed back
 EXACT_TOTAL_STEPS = 3  # the total loss: still ~1e-6 after one fed back
-EXACT_RTOL = 1e-4
+EXACT_RTOL = 1e-5
 LEARNING_RATE_RTOL = 1e-6  # of the peak rate
-TRAJECTORY_LOSS_RTOL = 3e-3  # ~20x below the loss's per-step drop (2 %)
-TRAJECTORY_BOX_RTOL = 5e-2
-TRAJECTORY_GRAD_NORM_RTOL = 0.3
-UPDATE_MIN_COSINE = 0.98
-UPDATE_MEDIAN_RTOL = 0.25
+TRAJECTORY_LOSS_RTOL = 1.5e-3  # ~10x below the loss's per-step drop (2 %)
+TRAJECTORY_BOX_RTOL = 2e-2
+TRAJECTORY_GRAD_NORM_RTOL = 0.2
+UPDATE_MIN_COSINE = 0.99
+UPDATE_MEDIAN_RTOL = 0.12
 BN_MOMENTUM = 0.99  # automl's batch_norm_momentum
 MOVING_VARIANCE_RTOL = 0.02
 
