@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=30, help="timed inference calls")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8, help="timed training steps")
+    parser.add_argument("--mixed_precision", action="store_true",
+                        help="automl's mixed_precision: float16 on a GPU, float32 "
+                        "on a CPU (as automl decides)")
     parser.add_argument("--threads", type=int, default=2,
                         help="intra- and inter-op threads (0: TensorFlow's choice)")
     return parser.parse_args(argv)
@@ -74,8 +77,10 @@ def import_automl(folder: str | None):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.path.insert(0, folder)
     import hparams_config
+    import utils
     from tf2 import anchors, efficientdet_keras, train_lib
     return types.SimpleNamespace(hparams_config=hparams_config, anchors=anchors,
+                                 utils=utils,
                                  efficientdet_keras=efficientdet_keras,
                                  train_lib=train_lib)
 
@@ -138,6 +143,11 @@ def time_training(automl, args: argparse.Namespace) -> dict:
     import tensorflow as tf
     lib = automl.train_lib
     config = official_config(automl, args)
+    if args.mixed_precision:
+        config.mixed_precision = True
+        # As automl's tf2/train.py does, before the model is built.
+        tf.keras.mixed_precision.set_global_policy(
+            automl.utils.get_precision(config.strategy, True))
     config.override({"moving_average_decay": 0, "num_epochs": 10,
                      "steps_per_epoch": 100, "batch_size": args.batch_size,
                      "model_dir": tempfile.mkdtemp(prefix="automl-bench-"),

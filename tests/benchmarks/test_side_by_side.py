@@ -1,6 +1,6 @@
 """The side-by-side benchmark's plumbing (not its numbers: speed is never a
 test): the result line the scripts end with, and the one-line errors when
-the official code or tf-keras is missing."""
+the official code or tf-keras is missing, the GPU script's skip."""
 from __future__ import annotations
 
 import os
@@ -55,3 +55,9 @@ def test_unknown_measurement_is_refused(tmp_path):
                       "--what", "infer,speed")
     assert done.returncode == 1
     assert "--what speed: known are infer, train" in done.stderr
+
+
+def test_gpu_check_skips_cleanly_without_a_gpu():
+    done = run_script("gpu_check.py", CUDA_VISIBLE_DEVICES="")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no GPU visible to TensorFlow; nothing to measure (skipped)" in done.stdout
