@@ -154,6 +154,33 @@ def new_archive(model: keras.Model) -> keras.export.ExportArchive:
     return archive
 
 
+def with_constant_weights(fn: Callable[..., dict[str, tf.Tensor]],
+                          spec: list[tf.TensorSpec]
+                          ) -> Callable[..., dict[str, tf.Tensor]]:
+    """``fn`` traced once with its variables folded into constants.
+
+    oneDNN keeps a convolution's reordered weights only when they are graph
+    constants, and grappler folds a batch norm into the convolution before
+    it (and fuses the swish after it) only then; read from variables, every
+    call reorders every kernel and runs the batch norms apart. Measured on
+    the D0 ``serving_default``, batch 1, 512x512, 2 cores: 83 ms with
+    variables, 72 ms with constants. The export is a snapshot of the
+    weights anyway.
+    """
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
+    concrete = tf.function(fn, input_signature=spec,
+                           autograph=False).get_concrete_function()
+    # Control flow stays functional: the result is called inside a function.
+    frozen = convert_variables_to_constants_v2(concrete,
+                                               lower_control_flow=False)
+
+    def call(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+        return tf.nest.pack_sequence_as(concrete.structured_outputs,
+                                        frozen(*args))
+    return call
+
+
 def export_saved_model(model: keras.Model, config: Config,
                        export_dir: str | os.PathLike,
                        batch_size: int | None = None) -> str:
@@ -171,7 +198,7 @@ def export_saved_model(model: keras.Model, config: Config,
     archive = new_archive(model)
     serving = ServingGraph(model, config, batch_size)
     for name, (fn, spec) in serving.endpoints().items():
-        archive.add_endpoint(name, fn, spec)
+        archive.add_endpoint(name, with_constant_weights(fn, spec), spec)
     staging = f"{target}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
