@@ -68,7 +68,8 @@ def build_parser() -> Parser:
          "var_freeze_expr (regex matched from the start of official variable "
          "names, as automl's re.match: '(efficientnet|fpn_cells)' freezes "
          "backbone and BiFPN), moving_average_decay "
-         "(0: no EMA), mixed_precision, optimizer (sgd, adam, adamw); "
+         "(0: no EMA), mixed_precision (true: float16, bfloat16: CPUs with "
+         "AVX512-BF16/AMX), optimizer (sgd, adam, adamw); "
          "image_size strings are automl's WIDTHxHEIGHT ('640x384' is 640 wide)")
     flag("--train_batch_size", type=positive_int, default=64,
          help="global training batch, split across replicas; the learning "

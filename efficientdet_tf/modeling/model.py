@@ -13,7 +13,7 @@ from typing import Iterator
 
 import keras
 
-from efficientdet_tf.config import Config, ConfigError
+from efficientdet_tf.config import Config, ConfigError, choose
 from efficientdet_tf.modeling.bifpn import FPNCells, ResampleFeatureMap
 from efficientdet_tf.modeling.fpn_topologies import fpn_topology
 from efficientdet_tf.modeling.efficientnet import EfficientNet
@@ -28,13 +28,31 @@ def num_anchors(config: Config) -> int:
     return config.num_scales * len(config.aspect_ratios)
 
 
+# ``mixed_precision`` values -> Keras dtype policy. automl's ``true`` means
+# float16 (GPUs); ``bfloat16`` is for CPUs with native bfloat16 (AVX512-BF16,
+# AMX) and TPUs, and needs no loss scaling (float32's exponent range).
+_PRECISION_POLICIES = {"false": "float32", "none": "float32",
+                       "true": "mixed_float16",
+                       "float32": "float32", "float16": "mixed_float16",
+                       "mixed_float16": "mixed_float16",
+                       "bfloat16": "mixed_bfloat16",
+                       "mixed_bfloat16": "mixed_bfloat16"}
+
+
+def dtype_policy(config: Config) -> str:
+    """The Keras dtype policy of ``config.mixed_precision``: ``float32``,
+    ``mixed_float16`` (``true``, ``float16``) or ``mixed_bfloat16``
+    (``bfloat16``)."""
+    return choose(_PRECISION_POLICIES, "mixed_precision",
+                  str(config.mixed_precision).lower())
+
+
 def build_model(config: Config, name: str | None = None) -> keras.Model:
-    """Builds EfficientDet for ``config`` (float32 or ``mixed_float16``)."""
+    """Builds EfficientDet for ``config`` in its :func:`dtype_policy`."""
     if not 1 <= config.min_level <= BACKBONE_LEVELS:
         raise ConfigError(f"min_level must be in 1..{BACKBONE_LEVELS}, got "
                          f"{config.min_level}")
-    policy = "mixed_float16" if config.mixed_precision else "float32"
-    with _dtype_policy(policy):
+    with _dtype_policy(dtype_policy(config)):
         return _build(config, name or config.name)
 
 

@@ -58,7 +58,7 @@ from efficientdet_tf.datasets import record_check
 from efficientdet_tf.data.pipeline import build_dataset, targets_from_labels
 from efficientdet_tf.training.ema import WeightAverage, averaged_variables
 from efficientdet_tf.ops.losses import detection_loss
-from efficientdet_tf.modeling.model import build_model
+from efficientdet_tf.modeling.model import build_model, dtype_policy
 from efficientdet_tf.training.optim import (WarmupSchedule, build_optimizer,
                                    freeze_variables, l2_regularization,
                                    schedule_spec)
@@ -166,8 +166,9 @@ class Trainer:
             inner = build_optimizer(config, self.schedule)
             # The loop clips the all-reduced gradient itself (module docstring).
             self.clip_norm, inner.global_clipnorm = inner.global_clipnorm, None
+            # float16 needs loss scaling; bfloat16 has float32's range.
             self.optimizer = (keras.optimizers.LossScaleOptimizer(inner)
-                              if config.mixed_precision else inner)
+                              if dtype_policy(config) == "mixed_float16" else inner)
             self.optimizer.build(self.trainable)
             self.ema = (WeightAverage(averaged_variables(self.model, self.trainable),
                                       config.moving_average_decay)

@@ -47,16 +47,24 @@ def test_class_prior_bias():
     np.testing.assert_array_equal(box_bias, 0.0)
 
 
-def test_mixed_precision_outputs_float32_and_policy_restored():
+@pytest.mark.parametrize("value,compute", [(True, "float16"),
+                                           ("float16", "float16"),
+                                           ("bfloat16", "bfloat16")])
+def test_mixed_precision_outputs_float32_and_policy_restored(value, compute):
     before = keras.config.dtype_policy().name
-    model = build_model(small_config(mixed_precision=True))
+    model = build_model(small_config(mixed_precision=value))
     assert keras.config.dtype_policy().name == before
     class_outputs, box_outputs = model(tf.random.normal([1, 128, 128, 3]))
     assert all(o.dtype == tf.float32 for o in class_outputs + box_outputs)
     assert all(np.isfinite(o.numpy()).all() for o in class_outputs)
     backbone = model.get_layer("efficientnet-b0")
-    assert backbone.blocks[0].depthwise.compute_dtype == "float16"
+    assert backbone.blocks[0].depthwise.compute_dtype == compute
     assert all(w.dtype == "float32" for w in model.weights)
+
+
+def test_unknown_mixed_precision_is_a_config_error():
+    with pytest.raises(ConfigError, match="mixed_precision 'int8'.*bfloat16"):
+        build_model(small_config(mixed_precision="int8"))
 
 
 def test_tf_function_with_dynamic_batch():

@@ -319,6 +319,26 @@ def test_mixed_precision_fine_tuning_of_the_heads_from_an_official_checkpoint(
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
 
 
+def test_bfloat16_training_needs_no_loss_scaling_and_learns(records, tmp_path):
+    """mixed_precision=bfloat16: the network computes in bfloat16, the
+    optimizer is the plain one (bfloat16 has float32's exponent range, so a
+    loss scale would only cost a step's all-finite check) and the loss of
+    the fixed subset falls."""
+    stream = io.StringIO()
+    trainer = Trainer(get_config("efficientdet-d0",
+                                 {**TRAIN, "mixed_precision": "bfloat16",
+                                  "num_epochs": 4}),
+                      options(tmp_path / "run", records), stream=stream)
+    assert not isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert trainer.model.get_layer("efficientnet-b0").blocks[0].depthwise \
+        .compute_dtype == "bfloat16"
+    assert trainer.train() == 20, stream.getvalue()
+    losses = [float(m.group(2)) for m in map(STEP_LINE.match,
+                                             stream.getvalue().splitlines()) if m]
+    assert len(losses) == 20 and all(map(math.isfinite, losses)), losses
+    assert np.mean(losses[-5:]) < 0.95 * np.mean(losses[:5]), losses
+
+
 def test_class_count_change_loads_all_but_the_class_head(records, tmp_path):
     source = build_model(get_config("efficientdet-d0", {**SMALL, "num_classes": 90}))
     prefix = ckpt_lib.save_native(source, tmp_path / "coco")
