@@ -20,10 +20,10 @@ import keras
 import tensorflow as tf
 
 from efficientdet_tf.config import ConfigError, choose
-from efficientdet_tf.modeling.layers import (activation, batch_norm,
-                                             conv_initializer, dense_initializer,
-                                             drop_connect, recompute_gradient,
-                                             spatial_mean)
+from efficientdet_tf.modeling.layers import (DepthwiseConv2D, activation,
+                                             batch_norm, conv_initializer,
+                                             dense_initializer, drop_connect,
+                                             recompute_gradient, spatial_mean)
 
 BLOCK_STRINGS: tuple[str, ...] = (
     "r1_k3_s11_e1_i32_o16_se0.25",
@@ -208,7 +208,7 @@ class MBConvBlock(keras.layers.Layer):
                 expanded, 1, padding="same", use_bias=False,
                 kernel_initializer=conv_initializer(), name=next(conv_names))
             self.expand_bn = batch_norm(next(bn_names), bn_momentum, bn_epsilon)
-        self.depthwise = keras.layers.DepthwiseConv2D(
+        self.depthwise = DepthwiseConv2D(
             args.kernel_size, strides=args.strides, padding="same",
             use_bias=False, depthwise_initializer=conv_initializer(),
             name="depthwise_conv2d")

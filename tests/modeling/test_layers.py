@@ -1,12 +1,13 @@
 """Shared building blocks (efficientdet_tf.modeling.layers): float16 means,
-recomputed gradients."""
+recomputed gradients, the fused batch norm, the depthwise gradients."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from efficientdet_tf.modeling.layers import (batch_norm, recompute_gradient,
-                                             spatial_mean)
+from efficientdet_tf.modeling.layers import (DepthwiseConv2D, batch_norm,
+                                             recompute_gradient, spatial_mean)
 
 
 def test_spatial_mean_of_a_large_float16_map_is_accurate_with_its_gradient():
@@ -102,3 +103,26 @@ def test_training_batch_norm_runs_the_fused_kernel_and_its_gradient():
     outputs = bn(x, training=True, update_statistics=False).numpy()
     np.testing.assert_allclose(outputs, gamma * normalised + beta, rtol=1e-4,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("size,stride", [(3, 1), (5, 1), (3, 2), (5, 2)])
+def test_depthwise_layer_gradients_equal_tensorflows(size, stride):
+    """Both hand-routed gradients of the backbone's depthwise convolution
+    (flipped-kernel input gradient, correlation filter gradient) against
+    TensorFlow's own kernels, on an odd-sized map."""
+    rng = np.random.default_rng(size + stride)
+    x = tf.constant(rng.normal(size=(2, 11, 9, 6)).astype(np.float32))
+    layer = DepthwiseConv2D(size, strides=stride, padding="same", use_bias=False)
+    layer.build(x.shape)
+    kernel = layer.kernel
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = layer(x)
+        theirs = tf.nn.depthwise_conv2d(x, kernel, [1, stride, stride, 1], "SAME")
+        weights = tf.constant(rng.normal(size=ours.shape).astype(np.float32))
+        loss_ours = tf.reduce_sum(ours * weights)
+        loss_theirs = tf.reduce_sum(theirs * weights)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    for got, want in zip(tape.gradient(loss_ours, [x, kernel]),
+                         tape.gradient(loss_theirs, [x, kernel]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
