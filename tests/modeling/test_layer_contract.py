@@ -34,6 +34,9 @@ _CELL = {"topology": [n.as_config() for n in fpn_topologies.bifpn_topology(3, 4)
 EXAMPLES: dict[str, tuple[Callable[[], keras.layers.Layer], Any]] = {
     "FusedBatchNormalization": (
         lambda: layers.batch_norm("bn", 0.9, 1e-3), [2, 4, 4, 3]),
+    "DepthwiseConv2D": (
+        lambda: layers.DepthwiseConv2D(5, padding="same", use_bias=False),
+        [2, 6, 6, 3]),
     "SqueezeExcite": (
         lambda: efficientnet.SqueezeExcite(2, 4, "swish"), [1, 4, 4, 4]),
     "MBConvBlock": (
