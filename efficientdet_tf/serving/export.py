@@ -44,6 +44,8 @@ from typing import Any, Callable, Mapping
 import keras
 import tensorflow as tf
 import yaml
+from tensorflow.python.framework.convert_to_constants import (
+    convert_variables_to_constants_v2)
 
 from efficientdet_tf.modeling.checkpoint import LoadReport, load_weights
 from efficientdet_tf.config import Config, get_config
@@ -167,8 +169,6 @@ def with_constant_weights(fn: Callable[..., dict[str, tf.Tensor]],
     variables, 72 ms with constants. The export is a snapshot of the
     weights anyway.
     """
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
     concrete = tf.function(fn, input_signature=spec,
                            autograph=False).get_concrete_function()
     # Control flow stays functional: the result is called inside a function.
@@ -291,8 +291,6 @@ def freeze_graph(model: keras.Model, config: Config,
 
 def _write_frozen(serving: ServingGraph, path: str | os.PathLike,
                   signature: str = SERVING_DEFAULT) -> FrozenGraph:
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
     functions = serving.functions()
     if signature not in functions:
         raise ExportError(f"unknown signature {signature!r}; one of "
