@@ -131,29 +131,24 @@ def get_config(model_name: str = "efficientdet-d0",
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
-    """Parses a YAML file path or ``"a=1,b.c=[1,2],d=x"`` into a nested dict.
+    """Parses ``--hparams``: YAML files and ``key=value`` items, joined by
+    commas, into one nested dict; later items win (``wrs.yaml,anchors.yaml,
+    learning_rate=0.02``), nested keys merged.
 
-    Commas inside brackets/braces/quotes do not split, so list values work.
+    Commas inside brackets/braces/quotes do not split, so list values work;
+    a single existing path is read as a file even if it holds a comma.
     """
     text = text.strip()
-    if text.endswith((".yaml", ".yml")) or os.path.isfile(text):
-        if not os.path.isfile(text):
-            raise ConfigError(f"hparams file not found: {text}")
-        with open(text, encoding="utf-8") as f:
-            try:
-                loaded = yaml.safe_load(f)
-            except yaml.YAMLError as err:
-                raise ConfigError(f"{text}: not valid YAML ({err})") from None
-        if loaded is None:
-            return {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{text}: expected a mapping of key: value, "
-                              f"got {type(loaded).__name__}")
-        return loaded
+    if _is_yaml_path(text):
+        return _read_yaml(text)
     result: dict[str, Any] = {}
     for item in _split_top_level(text):
+        if "=" not in item and _is_yaml_path(item):
+            _deep_update(result, _read_yaml(item))
+            continue
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value "
+                              f"(nor a .yaml file)")
         key, raw = (s.strip() for s in item.split("=", 1))
         node = result
         parts = key.split(".")
@@ -161,6 +156,37 @@ def parse_overrides(text: str) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[parts[-1]] = _parse_scalar(raw)
     return result
+
+
+def _is_yaml_path(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or os.path.isfile(text)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    """A YAML file of ``key: value`` overrides."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"hparams file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            loaded = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, "
+                          f"got {type(loaded).__name__}")
+    return loaded
+
+
+def _deep_update(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """``base`` updated in place by ``overrides``, merging nested mappings
+    (a later ``nms_configs: {method: hard}`` keeps the other NMS keys)."""
+    for key, value in overrides.items():
+        if isinstance(base.get(key), dict) and isinstance(value, Mapping):
+            _deep_update(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
 
 
 def parse_image_size(value: Any) -> tuple[int, int]:

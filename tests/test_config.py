@@ -92,6 +92,26 @@ def test_override_returns_new_config_and_leaves_original():
     assert (base.num_classes, changed.num_classes) == (90, 5)
 
 
+def test_hparams_joins_yaml_files_and_items_later_ones_winning(tmp_path):
+    """``--hparams=data.yaml,anchors.yaml,key=value``: the dataset doctor
+    writes the fitted anchors as their own YAML, to add to the user's."""
+    (tmp_path / "data.yaml").write_text(
+        "num_classes: 3\nanchor_scale: 4.0\nnms_configs: {method: hard}\n")
+    (tmp_path / "anchors.yaml").write_text(
+        "aspect_ratios: [[2.0, 0.5], [1.0, 1.0]]\nanchor_scale: 1.5\n"
+        "nms_configs: {iou_thresh: 0.6}\n")
+    text = f"{tmp_path / 'data.yaml'},{tmp_path / 'anchors.yaml'},num_scales=2"
+    assert parse_overrides(text) == {
+        "num_classes": 3, "anchor_scale": 1.5, "num_scales": 2,
+        "aspect_ratios": [[2.0, 0.5], [1.0, 1.0]],
+        "nms_configs": {"method": "hard", "iou_thresh": 0.6}}
+    config = get_config("efficientdet-d0", text)
+    assert (config.anchor_scale, config.num_scales) == (1.5, 2)
+    assert config.nms_configs["method"] == "hard"
+    with pytest.raises(ConfigError, match="not found: .*missing.yaml"):
+        parse_overrides(f"{tmp_path / 'data.yaml'},{tmp_path / 'missing.yaml'}")
+
+
 def test_malformed_override():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides("num_classes")

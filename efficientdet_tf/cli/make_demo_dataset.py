@@ -1,8 +1,11 @@
 """Generate the demo detection dataset: coloured shapes on textured backgrounds.
 
   python dataset/make_demo_dataset.py --output_dir=/tmp/shapes
+  python dataset/make_demo_dataset.py --output_dir=/tmp/parts --scene=parts
 
-Three classes (1 circle, 2 square, 3 triangle), 1-4 objects per image. Writes
+Scene "shapes" (the demo): three classes (1 circle, 2 square, 3 triangle),
+1-4 large objects per image. Scene "parts": 1 bar, 2 pin, 3 dot, 1-6 small
+and elongated objects per image (a second dataset to fine-tune on). Writes
 {output_dir}/label_map.yaml, and for each of train/ and val/: images/*.jpg,
 annotations.json (COCO) and xml/*.xml (LabelImg), so both converters can be
 tried on it:
@@ -23,6 +26,7 @@ import argparse
 from typing import Sequence
 
 from efficientdet_tf.cli.command import Parser, run
+from efficientdet_tf.datasets.demo import SCENES, make_demo_dataset
 
 PROG = "make_demo_dataset.py"
 
@@ -42,13 +46,14 @@ def build_parser() -> Parser:
                         help="side of the square images in pixels, at least 64; "
                         "object sizes (30-110 px at 256) scale with it "
                         "(default %(default)s)")
+    parser.add_argument("--scene", default="shapes", choices=tuple(SCENES),
+                        help="what to draw (default %(default)s)")
     return parser
 
 
 def _generate(flags: argparse.Namespace) -> None:
-    from efficientdet_tf.datasets.demo import make_demo_dataset
     print(make_demo_dataset(flags.output_dir, flags.num_train, flags.num_val,
-                            flags.seed, flags.image_size))
+                            flags.seed, flags.image_size, flags.scene))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

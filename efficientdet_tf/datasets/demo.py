@@ -1,8 +1,17 @@
-"""A generated detection dataset: coloured shapes on textured backgrounds.
+"""Generated detection datasets: coloured objects on textured backgrounds.
 
-Three classes (circle, square, triangle), 1-4 objects per image, large and
-mostly apart, so a small EfficientDet learns them in minutes on a CPU. Colour
-is drawn independently of the class, so the model has to learn shape.
+Two scenes, so that one can pretrain on the first and fine-tune on the other:
+
+* ``shapes`` (the demo): circle, square, triangle; 1-4 objects per image,
+  large and mostly apart, so a small EfficientDet learns them in minutes on
+  a CPU.
+* ``parts``: bar (lying), pin (standing), dot; 1-6 objects per image, small
+  and elongated: 1:4 to 1:8 bars and dots a few pixels wide, which the
+  default anchors (squares and 1:2 boxes) match badly. Other classes and
+  other sizes than ``shapes``: the fine-tuning case the dataset doctor and
+  anchor fitting are for.
+
+Colour is drawn independently of the class, so the model has to learn shape.
 
 The same dataset is written in both source formats the converters read:
 
@@ -31,26 +40,61 @@ from efficientdet_tf.datasets.validation import ConversionError, LabelMap
 from efficientdet_tf.utils.boxes import coco_bbox
 from efficientdet_tf.utils.files import atomic_write
 
-CLASSES = ("circle", "square", "triangle")
-LABEL_MAP = LabelMap({i: name for i, name in enumerate(CLASSES, start=1)})
 SPLITS = {"train": 0, "val": 1}  # split -> seed component
 REFERENCE_SIZE = 256  # object sizes below are for this image size
-MIN_SIDE, MAX_SIDE = 30, 110
-MAX_OBJECTS = 4
 MAX_COVER = 0.2  # at most this much of either box may lie under another
 JPEG_QUALITY = 95
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectKind:
+    """One class of a scene. ``sides``: range of the box width at
+    ``REFERENCE_SIZE`` (scaled with the image). ``height``: range of the
+    height as a fraction of the width, None for as tall as wide. ``standing``
+    swaps width and height after drawing them."""
+    name: str
+    draw: str  # "ellipse", "rectangle" or "triangle"
+    sides: tuple[int, int]
+    height: tuple[float, float] | None = None
+    standing: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """What a generated dataset draws: its classes (ids 1.. in order) and how
+    many objects an image holds."""
+    kinds: tuple[ObjectKind, ...]
+    max_objects: int
+
+    @property
+    def label_map(self) -> LabelMap:
+        return LabelMap({i: k.name for i, k in enumerate(self.kinds, start=1)})
+
+
+SCENES = {
+    "shapes": Scene((ObjectKind("circle", "ellipse", (30, 110)),
+                     ObjectKind("square", "rectangle", (30, 110)),
+                     ObjectKind("triangle", "triangle", (30, 110), (0.8, 1.1))),
+                    max_objects=4),
+    "parts": Scene((ObjectKind("bar", "rectangle", (24, 64), (0.12, 0.25)),
+                    ObjectKind("pin", "rectangle", (24, 64), (0.12, 0.25),
+                               standing=True),
+                    ObjectKind("dot", "ellipse", (8, 16))),
+                   max_objects=6),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
     """One drawn object; ``box`` is ``(xmin, ymin, xmax, ymax)`` in integer
     pixels, the shape's tight extent (xmax/ymax exclusive)."""
+    kind: ObjectKind
     label: int
     box: tuple[int, int, int, int]
 
     @property
     def name(self) -> str:
-        return CLASSES[self.label - 1]
+        return self.kind.name
 
 
 def _cover(a: tuple[int, ...], b: tuple[int, ...]) -> float:
@@ -86,35 +130,39 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _shapes(rng: np.random.Generator, size: int) -> list[Shape]:
+def _shapes(rng: np.random.Generator, size: int, scene: Scene) -> list[Shape]:
     scale = size / REFERENCE_SIZE
-    lo, hi = max(4, round(MIN_SIDE * scale)), max(5, round(MAX_SIDE * scale))
     shapes: list[Shape] = []
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        label = int(rng.integers(1, len(CLASSES) + 1))
+    for _ in range(int(rng.integers(1, scene.max_objects + 1))):
+        label = int(rng.integers(1, len(scene.kinds) + 1))
+        kind = scene.kinds[label - 1]
+        lo = max(4, round(kind.sides[0] * scale))
+        hi = max(5, round(kind.sides[1] * scale))
         for _attempt in range(30):
             w = int(rng.integers(lo, hi + 1))
-            h = w if label != 3 else int(w * rng.uniform(0.8, 1.1))
+            h = w if kind.height is None else max(2, int(w * rng.uniform(*kind.height)))
+            w, h = (h, w) if kind.standing else (w, h)
             h = min(h, size)
             x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
             box = (x, y, x + w, y + h)
             if all(_cover(box, s.box) <= MAX_COVER for s in shapes):
-                shapes.append(Shape(label, box))
+                shapes.append(Shape(kind, label, box))
                 break
     return shapes
 
 
-def _draw(rng: np.random.Generator, size: int) -> tuple[bytes, list[Shape]]:
+def _draw(rng: np.random.Generator, size: int,
+          scene: Scene) -> tuple[bytes, list[Shape]]:
     image = Image.fromarray(_background(rng, size))
     draw = ImageDraw.Draw(image)
-    shapes = _shapes(rng, size)
+    shapes = _shapes(rng, size, scene)
     for shape in shapes:
         x0, y0, x1, y1 = shape.box
         corners = (x0, y0, x1 - 1, y1 - 1)  # PIL's boxes include the end pixel
         fill = _colour(rng)
-        if shape.name == "circle":
+        if shape.kind.draw == "ellipse":
             draw.ellipse(corners, fill=fill)
-        elif shape.name == "square":
+        elif shape.kind.draw == "rectangle":
             draw.rectangle(corners, fill=fill)
         else:
             apex = int(rng.integers(x0, x1))
@@ -149,15 +197,15 @@ def _labelimg_xml(filename: str, size: int, shapes: list[Shape]) -> str:
 
 
 def write_split(output_dir: str, split: str, count: int, seed: int,
-                image_size: int) -> dict[str, int]:
+                image_size: int, scene: Scene) -> dict[str, int]:
     """Writes one split's images, COCO JSON and XML; returns per-class box
     counts."""
     folder = os.path.join(output_dir, split)
     images, annotations = [], []
-    counts = {name: 0 for name in CLASSES}
+    counts = {kind.name: 0 for kind in scene.kinds}
     for index in range(count):
         rng = np.random.default_rng([seed, SPLITS[split], index])
-        encoded, shapes = _draw(rng, image_size)
+        encoded, shapes = _draw(rng, image_size, scene)
         filename = f"{split}_{index:05d}.jpg"
         stem = os.path.splitext(filename)[0]
         atomic_write(os.path.join(folder, "images", filename), encoded)
@@ -173,7 +221,7 @@ def write_split(output_dir: str, split: str, count: int, seed: int,
                 "area": width * height, "iscrowd": 0, "segmentation": []})
             counts[shape.name] += 1
     categories = [{"id": i, "name": n, "supercategory": "shape"}
-                  for i, n in LABEL_MAP.id_to_name.items()]
+                  for i, n in scene.label_map.id_to_name.items()]
     atomic_write(os.path.join(folder, "annotations.json"), json.dumps(
         {"images": images, "annotations": annotations,
          "categories": categories}, indent=1) + "\n")
@@ -181,17 +229,26 @@ def write_split(output_dir: str, split: str, count: int, seed: int,
 
 
 def make_demo_dataset(output_dir: str, num_train: int = 320, num_val: int = 64,
-                      seed: int = 0, image_size: int = 256) -> str:
-    """Generates both splits and the label map; returns a summary."""
+                      seed: int = 0, image_size: int = 256,
+                      scene: str = "shapes") -> str:
+    """Generates both splits and the label map of ``scene`` (a name in
+    ``SCENES``); returns a summary."""
+    if scene not in SCENES:
+        raise ConversionError(f"--scene {scene!r}: known scenes are "
+                              f"{', '.join(SCENES)}")
     if image_size < 64:
         raise ConversionError(f"--image_size must be at least 64, got {image_size}")
     if num_train < 1 or num_val < 0:
         raise ConversionError("--num_train must be at least 1 and --num_val at least 0")
-    atomic_write(os.path.join(output_dir, "label_map.yaml"), LABEL_MAP.to_yaml())
-    lines = [f"demo dataset in {output_dir} (seed {seed}, {image_size}x{image_size})"]
+    chosen = SCENES[scene]
+    atomic_write(os.path.join(output_dir, "label_map.yaml"),
+                 chosen.label_map.to_yaml())
+    lines = [f"{scene} dataset in {output_dir} (seed {seed}, "
+             f"{image_size}x{image_size})"]
     for split, count in (("train", num_train), ("val", num_val)):
         if count:
-            counts = write_split(output_dir, split, count, seed, image_size)
+            counts = write_split(output_dir, split, count, seed, image_size,
+                                 chosen)
             boxes = ", ".join(f"{n} {name}s" for name, n in counts.items())
             lines.append(f"  {split}: {count} images, {boxes}")
     return "\n".join(lines)

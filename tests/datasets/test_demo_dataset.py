@@ -14,6 +14,7 @@ import yaml
 
 from efficientdet_tf.datasets.coco import convert_coco
 from efficientdet_tf.datasets.demo import make_demo_dataset
+from efficientdet_tf.datasets.validation import ConversionError
 from efficientdet_tf.datasets.voc import VocSource, convert_pascal
 from tests.datasets.test_data_converters import read_records, run_cli
 
@@ -104,3 +105,26 @@ def test_both_converters_agree_and_inspect_draws(demo, tmp_path):
     assert "128x128: 6" in result.stdout
     assert "INVALID" not in result.stdout
     assert len(os.listdir(tmp_path / "samples")) == 2
+
+
+def test_parts_scene_is_small_elongated_objects(tmp_path):
+    """The second scene, to fine-tune on: other classes, and boxes that are
+    thin (bars lying, pins standing, 1:4 to 1:8) or a few pixels wide."""
+    make_demo_dataset(str(tmp_path), num_train=30, num_val=0, seed=1,
+                      image_size=128, scene="parts")
+    assert yaml.safe_load((tmp_path / "label_map.yaml").read_text()) == {
+        1: "bar", 2: "pin", 3: "dot"}
+    data = json.loads((tmp_path / "train" / "annotations.json").read_text())
+    shapes: dict[int, list] = {1: [], 2: [], 3: []}
+    for ann in data["annotations"]:
+        shapes[ann["category_id"]].append(ann["bbox"][2:])
+    assert all(len(v) >= 10 for v in shapes.values())
+    bars, pins, dots = (np.asarray(shapes[k], float) for k in (1, 2, 3))
+    assert np.all(bars[:, 0] >= 3.5 * bars[:, 1]) and np.all(bars[:, 0] >= 12)
+    assert np.all(pins[:, 1] >= 3.5 * pins[:, 0]) and np.all(pins[:, 1] >= 12)
+    assert np.all(dots[:, 0] == dots[:, 1]) and np.all(dots <= 8)
+
+
+def test_unknown_scene_is_a_conversion_error(tmp_path):
+    with pytest.raises(ConversionError, match="known scenes are shapes, parts"):
+        make_demo_dataset(str(tmp_path), num_train=1, num_val=0, scene="cars")
