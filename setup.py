@@ -39,9 +39,12 @@ setup(
         # without it).
         # pytest-xdist: tests/run.sh spreads the test files over two
         # processes (one process keeps only one of two cores busy).
+        # matplotlib: the dataset doctor's plots (they skip without it,
+        # which CI must not).
         "test": ["pytest>=7", "pytest-timeout", "pytest-xdist", "tf2onnx",
-                 "onnxruntime"],
+                 "onnxruntime", "matplotlib"],
         "export": ["tf2onnx", "onnxruntime", "ai-edge-litert"],
+        "plots": ["matplotlib"],
     },
     # The commands a clone runs as scripts (main.py, model_inspect.py,
     # dataset/*.py, which call the same functions), so that `pip install`
@@ -58,6 +61,8 @@ setup(
             "efficientdet_tf.cli.inspect_tfrecord:main",
             "efficientdet-demo-data = efficientdet_tf.cli.make_demo_dataset:main",
             "efficientdet-voc-to-coco = efficientdet_tf.cli.voc_to_coco:main",
+            "efficientdet-analyze-dataset = "
+            "efficientdet_tf.cli.analyze_dataset:main",
         ],
     },
 )

@@ -139,7 +139,7 @@ def parse_overrides(text: str) -> dict[str, Any]:
     a single existing path is read as a file even if it holds a comma.
     """
     text = text.strip()
-    if _is_yaml_path(text):
+    if os.path.isfile(text):
         return _read_yaml(text)
     result: dict[str, Any] = {}
     for item in _split_top_level(text):

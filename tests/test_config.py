@@ -108,6 +108,10 @@ def test_hparams_joins_yaml_files_and_items_later_ones_winning(tmp_path):
     config = get_config("efficientdet-d0", text)
     assert (config.anchor_scale, config.num_scales) == (1.5, 2)
     assert config.nms_configs["method"] == "hard"
+    # Files only, the last one's name ending the text (a bug read all of it
+    # as one file name).
+    files = f"{tmp_path / 'data.yaml'},{tmp_path / 'anchors.yaml'}"
+    assert get_config("efficientdet-d0", files).anchor_scale == 1.5
     with pytest.raises(ConfigError, match="not found: .*missing.yaml"):
         parse_overrides(f"{tmp_path / 'data.yaml'},{tmp_path / 'missing.yaml'}")
 

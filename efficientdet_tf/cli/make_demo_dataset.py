@@ -26,7 +26,7 @@ import argparse
 from typing import Sequence
 
 from efficientdet_tf.cli.command import Parser, run
-from efficientdet_tf.datasets.demo import SCENES, make_demo_dataset
+from efficientdet_tf.datasets import demo
 
 PROG = "make_demo_dataset.py"
 
@@ -46,13 +46,13 @@ def build_parser() -> Parser:
                         help="side of the square images in pixels, at least 64; "
                         "object sizes (30-110 px at 256) scale with it "
                         "(default %(default)s)")
-    parser.add_argument("--scene", default="shapes", choices=tuple(SCENES),
+    parser.add_argument("--scene", default="shapes", choices=tuple(demo.SCENES),
                         help="what to draw (default %(default)s)")
     return parser
 
 
 def _generate(flags: argparse.Namespace) -> None:
-    print(make_demo_dataset(flags.output_dir, flags.num_train, flags.num_val,
+    print(demo.make_demo_dataset(flags.output_dir, flags.num_train, flags.num_val,
                             flags.seed, flags.image_size, flags.scene))
 
 

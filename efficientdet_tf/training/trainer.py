@@ -55,6 +55,7 @@ from efficientdet_tf.utils import summaries
 from efficientdet_tf.training import trainer_state
 from efficientdet_tf.config import Config
 from efficientdet_tf.datasets import record_check
+from efficientdet_tf.datasets.doctor import training_verdict
 from efficientdet_tf.data.pipeline import build_dataset, targets_from_labels
 from efficientdet_tf.training.ema import WeightAverage, averaged_variables
 from efficientdet_tf.ops.losses import detection_loss
@@ -147,6 +148,7 @@ class Trainer:
         else:
             self._say(f"{examples} training examples per epoch (the records "
                       "counted; --num_examples_per_epoch sets another epoch)")
+        self._say(training_verdict(options.training_file_pattern, config))
         replicas = self.strategy.num_replicas_in_sync
         if options.train_batch_size < 1 or options.train_batch_size % replicas:
             raise TrainingError(f"train_batch_size {options.train_batch_size} "

@@ -24,6 +24,8 @@ COMMANDS = {
     "efficientdet-demo-data": ("make_demo_dataset",
                                "dataset/make_demo_dataset.py"),
     "efficientdet-voc-to-coco": ("voc_to_coco", "dataset/voc_to_coco.py"),
+    "efficientdet-analyze-dataset": ("analyze_dataset",
+                                     "dataset/analyze_dataset.py"),
 }
 
 
