@@ -173,20 +173,23 @@ def _benchmark(flags: argparse.Namespace, function: Callable[..., Any],
 
 
 def dry(flags: argparse.Namespace) -> None:
-    """Build, one end-to-end forward pass, parameters and FLOPs."""
+    """Build, one end-to-end forward pass, parameters and FLOPs, and what
+    pyramid levels other than the preset's add."""
     import numpy as np
 
+    from efficientdet_tf.modeling.cost import levels_cost, network_cost
     from efficientdet_tf.serving.export import SERVING_DEFAULT, ServingGraph
-    from efficientdet_tf.utils.profiling import count_flops, count_params
     model, config = _model(flags)
     outputs = ServingGraph(model, config).functions()[SERVING_DEFAULT](
         np.zeros((1, *config.image_size, 3), np.uint8))
     print(f"{config.name} {config.image_size[0]}x{config.image_size[1]}: "
           f"forward pass ok, detection_boxes "
           f"{tuple(outputs['detection_boxes'].shape)}")
-    print(f"trainable parameters {count_params(model):,}, all "
-          f"{count_params(model, trainable_only=False):,}; "
-          f"{count_flops(model) / 1e9:.3f}B multiply-adds per image")
+    cost = network_cost(model)
+    print(cost.text())
+    levels = levels_cost(config, cost)
+    if levels:
+        print(levels.text())
 
 
 class Runmode(NamedTuple):
@@ -223,7 +226,8 @@ def build_parser() -> Parser:
                         "write those formats to --output_dir. "
                         "saved_model_benchmark / benchmark: end-to-end "
                         "latency. dry: build, one forward pass, parameters "
-                        "and FLOPs")
+                        "and FLOPs (and, for levels other than the "
+                        "preset's, e.g. min_level=2, what they add)")
     parser.add_argument("--model_name", default="efficientdet-d0",
                         help="model preset, efficientdet-d0..d7x or "
                         "efficientdet-lite0..4 (default %(default)s)")

@@ -20,6 +20,9 @@ carry such names; :func:`load_weights` tells them apart by itself:
 
 Nothing is assigned until every check passed, so a failed load leaves the
 model as it was, and no variable silently keeps its random initialisation.
+Between pyramids of other levels (an official 3..7 checkpoint, a
+``min_level: 2`` model) equal names are not always the same variable; those
+are held back (:mod:`efficientdet_tf.modeling.level_names` says which).
 """
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from efficientdet_tf.modeling.efficientnet import EfficientNet
+from efficientdet_tf.modeling.level_names import (layer_scopes, level_span,
+                                                  pyramid_levels,
+                                                  tied_to_other_levels)
 from efficientdet_tf.config import get_config
 from efficientdet_tf.modeling.model import build_model
 from efficientdet_tf.utils.files import CONFIG_FILE, atomic_write
@@ -83,6 +89,11 @@ class LoadReport:
     missing: list[str]  # model variables the checkpoint does not have
     unused: list[str]  # checkpoint variables the model does not have
     ignored: list[str]  # optimizer slots, counters, other roots
+    # Pyramid levels of the checkpoint and the model (from their heads), and
+    # the model variables held back because those differ.
+    checkpoint_levels: tuple[int, ...] = ()
+    model_levels: tuple[int, ...] = ()
+    other_levels: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         kind = self.format + (" backbone-only" if self.backbone_only else "")
@@ -95,7 +106,17 @@ class LoadReport:
                 f"{n} {c}->{m}" for n, (c, m) in self.skipped.items())
         if self.backbone_only and self.missing:
             text += "; BiFPN and heads keep their initial values"
+        if self.other_levels:
+            text += (f"; {self.levels_text()}, so {len(self.other_levels)} "
+                     "variables keep their initial values: "
+                     + ", ".join(layer_scopes(self.other_levels)))
         return text
+
+    def levels_text(self) -> str:
+        """Both pyramids' levels, for messages about what they hold back."""
+        return (f"the checkpoint's pyramid has levels "
+                f"{level_span(self.checkpoint_levels)}, the model's "
+                f"{level_span(self.model_levels)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,15 +251,22 @@ def _match(variables: Mapping[str, keras.Variable], source: _Source,
            shapes: Mapping[str, list[int]], prefix: str, use_ema: bool
            ) -> tuple[LoadReport, list[tuple[keras.Variable, str]]]:
     """Pairs each model variable with a checkpoint key (its EMA shadow first
-    when asked); reports what would be loaded, skipped and missing."""
+    when asked); reports what would be loaded, skipped, missing and held
+    back for belonging to pyramid levels the checkpoint does not have."""
     offered = {*source.raw, *source.ema}
     backbone_only = all(n.startswith("efficientnet-") for n in offered)
     report = LoadReport(
         prefix, source.format, backbone_only, used_ema=False, loaded=[],
-        skipped={}, missing=[], unused=sorted(offered - set(variables)),
-        ignored=source.ignored)
+        skipped={}, missing=[], unused=[], ignored=source.ignored,
+        checkpoint_levels=pyramid_levels(offered),
+        model_levels=pyramid_levels(variables))
+    relevelled = bool(report.checkpoint_levels and report.model_levels and
+                      report.checkpoint_levels != report.model_levels)
     plan = []
     for name, variable in variables.items():
+        if relevelled and tied_to_other_levels(name, report.checkpoint_levels):
+            report.other_levels.append(name)
+            continue
         key = source.ema.get(name) if use_ema else None
         report.used_ema |= key is not None
         key = key or source.raw.get(name)
@@ -249,6 +277,7 @@ def _match(variables: Mapping[str, keras.Variable], source: _Source,
         else:
             plan.append((variable, key))
             report.loaded.append(name)
+    report.unused = sorted(offered - {*report.loaded, *report.skipped})
     return report, plan
 
 
@@ -280,6 +309,14 @@ def _check(report: LoadReport, model: keras.Layer, skip_mismatch: bool) -> None:
         raise CheckpointError(f"shape mismatch for {_names_text(shapes)}; "
                               "pass skip_mismatch=True to keep them "
                               "initialised (fine-tuning)")
+    if report.other_levels and not skip_mismatch:
+        raise CheckpointError(
+            f"{report.levels_text()} ({model.name}): "
+            f"{len(report.other_levels)} of the model's variables have no "
+            "counterpart in the checkpoint, whose BiFPN names stand for other "
+            f"nodes ({', '.join(layer_scopes(report.other_levels))}); pass "
+            "skip_mismatch=True (main.py --ckpt does) to load the rest and "
+            "keep those initialised (fine-tuning)")
     required = [n for n in report.missing
                 if not report.backbone_only or n.split("/")[0] == ours]
     if required:
@@ -295,7 +332,10 @@ def load_weights(model: keras.Layer, path: str | os.PathLike, *,
     ``use_ema`` prefers each variable's EMA shadow when the checkpoint has one
     (what automl does for inference). ``skip_mismatch`` keeps the variables
     whose shape differs at their initial values (fine-tuning with another
-    ``num_classes``); without it a shape mismatch is an error. Raises
+    ``num_classes``), and those tied to pyramid levels that differ between
+    checkpoint and model (``min_level: 2`` from an official checkpoint: its
+    BiFPN and the new level's head batch norms); without it either is an
+    error. Raises
     :class:`CheckpointError` (:class:`ModelMismatchError` for a checkpoint of
     another model), naming the checkpoint, before changing any variable.
     """

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -335,3 +336,49 @@ def test_crash_mid_save_keeps_previous_checkpoint(
     assert_matches(d0_model, d0_input, d0_dir, "ema")
     assert ckpt_lib.save_native(d0_model, tmp_path).endswith("ckpt-2") == (
         failure == "write")
+
+
+@pytest.mark.parametrize("max_level", [7, 6])
+def test_official_checkpoint_into_a_p2_model_holds_back_the_bifpn(
+        d0_ckpt, tmp_path, max_level):
+    """An official checkpoint (levels 3..7) into a min_level 2 model: the
+    backbone, resample_p6 and the heads (convolutions shared by all levels,
+    batch norms per level) load. The BiFPN cannot: automl numbers its nodes
+    by the level count, so an equal name is another node, and with levels
+    2..6 nearly all of the checkpoint's BiFPN names recur with equal shapes.
+    The BiFPN and the level-2 head batch norms are held back and named;
+    without skip_mismatch that is an error that changes nothing."""
+    model = build_model(get_config("efficientdet-d0", {
+        "image_size": 128, "min_level": 2, "max_level": max_level}))
+    variables = ckpt_lib.official_variable_map(model)
+    initial = {name: v.numpy().copy() for name, v in variables.items()}
+    levels = rf"levels 3\.\.7, the model's 2\.\.{max_level}"
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=rf"{levels}.*fpn_cells.*skip_mismatch=True"):
+        ckpt_lib.load_weights(model, d0_ckpt)
+    assert all(np.array_equal(v.numpy(), initial[n])
+               for n, v in variables.items())
+
+    report = ckpt_lib.load_weights(model, d0_ckpt, skip_mismatch=True)
+    held = {n for n in variables
+            if n.startswith("fpn_cells/") or "-bn-2/" in n}
+    assert set(report.other_levels) == held
+    assert set(report.loaded) == set(variables) - held
+    assert not report.missing and not report.skipped
+    assert "resample_p6/conv2d/kernel" in report.loaded
+    assert "class_net/class-0-bn-3/gamma" in report.loaded
+    tensors = fixture_tensors(d0_ckpt)
+    for name in report.loaded:
+        np.testing.assert_array_equal(variables[name].numpy(),
+                                      tensors[name + ckpt_lib.EMA_SUFFIX])
+    for name in held:
+        np.testing.assert_array_equal(variables[name].numpy(), initial[name])
+    summary = report.summary()
+    assert re.search(levels, summary), summary
+    for scope in ("fpn_cells", "class_net/class-0-bn-2", "box_net/box-2-bn-2"):
+        assert scope in summary
+    assert ("class_net/class-0-bn-7/gamma" in report.unused) == (max_level == 6)
+
+    # A checkpoint of the P2 model itself loads whole.
+    again = ckpt_lib.load_weights(model, ckpt_lib.save_native(model, tmp_path))
+    assert len(again.loaded) == len(variables) and not again.other_levels

@@ -222,3 +222,19 @@ def test_building_a_model_leaves_nothing_in_the_gradient_registry():
         tf.TensorSpec([1, *model.input_shape[1:]])).graph
     op_types = {op.type for op in graph.get_operations()}
     assert "IdentityN" in op_types  # tf.custom_gradient's mark
+
+
+@pytest.mark.parametrize("max_level", [7, 6])
+def test_p2_level_outputs_line_up_with_its_anchors(max_level):
+    """min_level 2 (small objects): the backbone's stride-4 map becomes P2,
+    and every level's head output has one row per anchor of that level."""
+    from efficientdet_tf.ops.anchors import anchor_boxes, level_grid_sizes
+    config = one_cell_config(min_level=2, max_level=max_level, num_classes=3)
+    class_outputs, box_outputs = build_model(config)(tf.zeros([2, 128, 128, 3]))
+    sizes = [128 // 2 ** level for level in range(2, max_level + 1)]
+    assert [tuple(c.shape) for c in class_outputs] == [
+        (2, s, s, 9 * 3) for s in sizes]
+    assert [tuple(b.shape) for b in box_outputs] == [
+        (2, s, s, 9 * 4) for s in sizes]
+    assert level_grid_sizes(config) == [(s, s) for s in sizes]
+    assert anchor_boxes(config).shape == (sum(9 * s * s for s in sizes), 4)

@@ -183,3 +183,29 @@ def test_bad_inputs_are_reported():
         detection_loss(cls_out[:1], box_out[:1], targets, config)
     with pytest.raises(ValueError, match="iou_loss_type"):
         detection_loss(cls_out, box_out, targets, tiny_config(iou_loss_type="l1"))
+
+
+def test_a_box_only_level_2_anchors_fit_is_learned_on_level_2():
+    """min_level 2: a 6x7 box (IoU 0.66 and 0.60 with two level-2
+    anchors, under 0.2 with any level-3 one) is a positive on level 2
+    alone; its box loss reaches the network only through the level-2
+    output. Without level 2 the labeler can only force it onto a poorly
+    fitting level-3 anchor."""
+    box = np.float32([[3, 7, 9, 14]])
+    config = tiny_config(min_level=2)
+    targets = anchors_lib.label_anchors(box, [2], config)
+    assert [int((t.numpy() >= 0).sum()) for t in targets.cls_targets] == [2, 0, 0]
+    without = anchors_lib.label_anchors(box, [2], tiny_config())
+    assert [int((t.numpy() >= 0).sum()) for t in without.cls_targets] == [1, 0]
+
+    sizes = anchors_lib.level_grid_sizes(config)
+    cls_out = [tf.zeros((1, h, w, 4 * config.num_classes)) for h, w in sizes]
+    box_out = [tf.zeros((1, h, w, 4 * 4)) for h, w in sizes]
+    with tf.GradientTape() as tape:
+        tape.watch(box_out)
+        losses = detection_loss(cls_out, box_out,
+                                tf.nest.map_structure(lambda t: t[None], targets),
+                                config)
+    assert float(losses["box_loss"]) > 0
+    gradients = tape.gradient(losses["box_loss"], box_out)
+    assert [bool(np.any(g.numpy())) for g in gradients] == [True, False, False]

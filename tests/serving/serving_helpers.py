@@ -32,21 +32,28 @@ def fixture_dir(fixtures_dir: pathlib.Path) -> pathlib.Path:
 def small_model(fixtures_dir: pathlib.Path):
     """(model, config), built once per session."""
     if "model" not in _CACHE:
-        from efficientdet_tf.modeling.checkpoint import load_weights, official_variable_map
+        from efficientdet_tf.modeling.checkpoint import load_weights
         from efficientdet_tf.config import get_config
         from efficientdet_tf.modeling.model import build_model
         config = get_config("efficientdet-d0", SMALL_OVERRIDES)
         model = build_model(config)
         load_weights(model, fixture_dir(fixtures_dir) / "ckpt",
                      skip_mismatch=True)
-        rng = np.random.default_rng(0)
-        variables = official_variable_map(model)
-        kernel = variables["class_net/class-predict/pointwise_kernel"]
-        kernel.assign(rng.normal(0, 0.3, kernel.shape).astype(np.float32))
-        bias = variables["class_net/class-predict/bias"]
-        bias.assign(rng.normal(-1.5, 0.5, bias.shape).astype(np.float32))
+        spread_class_scores(model)
         _CACHE["model"] = (model, config)
     return _CACHE["model"]
+
+
+def spread_class_scores(model) -> None:
+    """Gives ``model`` a random class-prediction layer scaled so that scores
+    spread over (0, 1) instead of tying at the prior (see the module
+    docstring)."""
+    rng = np.random.default_rng(0)
+    predict = model.get_layer("class_net").predict
+    predict.pointwise_kernel.assign(
+        rng.normal(0, 0.3, predict.pointwise_kernel.shape).astype(np.float32))
+    predict.bias.assign(
+        rng.normal(-1.5, 0.5, predict.bias.shape).astype(np.float32))
 
 
 def temp_root() -> pathlib.Path:

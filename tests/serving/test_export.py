@@ -24,7 +24,7 @@ from efficientdet_tf.serving.export import (CONFIG_FILE, LABEL_MAP_FILE, METADAT
 
 from tests.serving.serving_helpers import (box_iou, fixture_dir, png_bytes, run_cli,
                              run_python, sample_images, small_export,
-                             small_model, temp_root)
+                             small_model, spread_class_scores, temp_root)
 
 SCORE_ATOL = 1e-4
 BOX_RTOL = 1e-4
@@ -412,3 +412,31 @@ def test_representative_images_from_records_and_folders(tmp_path):
     assert len(list(representative_images(str(tmp_path), config, 5))) == 1
     with pytest.raises(ExportError, match="matches no file"):
         list(representative_images(str(tmp_path / "none-*"), config, 5))
+
+
+# --- pyramid levels ----------------------------------------------------------
+
+def test_a_p2_model_exports_to_saved_model_and_tflite(tmp_path):
+    """min_level 2 (six levels, P2 at stride 4): the SavedModel's
+    serving_default and the TFLite FP32 file both run it and agree, with
+    the export contract's output shapes."""
+    from efficientdet_tf.config import get_config
+    from efficientdet_tf.modeling.model import build_model
+    from efficientdet_tf.serving.tflite_export import TFLiteDetector, export_tflite
+    config = get_config("efficientdet-d0", {
+        "image_size": 128, "num_classes": 3, "min_level": 2,
+        "fpn_cell_repeats": 1, "box_class_repeats": 1})
+    model = build_model(config)
+    spread_class_scores(model)
+    saved = export_saved_model(model, config, tmp_path / "saved_model")
+    tflite = export_tflite(model, config, str(tmp_path / "tflite"), ["fp32"])
+    image = np.random.default_rng(0).integers(0, 256, (1, 128, 128, 3),
+                                              dtype=np.uint8)
+    reference = {k: v.numpy() for k, v in tf.saved_model.load(str(saved))
+                 .signatures[SERVING_DEFAULT](images=tf.constant(image)).items()}
+    ours = TFLiteDetector(tflite["fp32"]).detect(image)
+    for outputs in (reference, ours):
+        assert {k: outputs[k].shape for k in OUTPUT_KEYS} == {
+            "detection_boxes": (1, 100, 4), "detection_scores": (1, 100),
+            "detection_classes": (1, 100), "num_detections": (1,)}
+    assert_same_detections(ours, reference, box_scale=128.0)

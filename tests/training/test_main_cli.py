@@ -213,3 +213,30 @@ def test_train_and_eval_then_eval_mode(capsys, records, tmp_path, monkeypatch):
                               f"--hparams={model_dir / 'config.yaml'}")
     assert code == 0, err
     assert len(calls) == 4 and "best AP" not in out
+
+
+def test_a_p2_model_trains_checkpoints_and_evaluates(capsys, records, tmp_path):
+    """``min_level=2`` end to end through main.py: finite losses, a
+    checkpoint of the P2 network (its level-2 head batch norms included)
+    that loads back whole, and COCO metrics from it."""
+    from efficientdet_tf.config import get_config
+    from efficientdet_tf.modeling import checkpoint as ckpt_lib
+    from efficientdet_tf.modeling.model import build_model
+    model_dir = tmp_path / "p2"
+    code, out, err = run_main(
+        capsys, "--mode=train", f"--model_dir={model_dir}",
+        f"--training_file_pattern={records}", f"--hparams={HPARAMS},min_level=2",
+        "--train_batch_size=2", "--num_examples_per_epoch=6", "--num_epochs=1",
+        "--log_every_steps=1", "--eval_after_train",
+        f"--validation_file_pattern={records}", "--eval_batch_size=2")
+    assert code == 0, err
+    losses = [float(line.split()[3]) for line in out.splitlines()
+              if line.startswith("step ")]
+    assert len(losses) == 3 and all(np.isfinite(losses)), out
+    assert latest_step(model_dir) == 3
+    assert "COCO box metrics: 4 images" in out and "AP50" in out
+    config = get_config("efficientdet-d0", str(model_dir / "config.yaml"))
+    assert config.min_level == 2
+    report = ckpt_lib.load_weights(build_model(config), model_dir)
+    assert not report.missing and not report.unused and not report.other_levels
+    assert "class_net/class-0-bn-2/moving_mean" in report.loaded

@@ -110,6 +110,18 @@ def test_loss_decreases(trained):
     assert last < first - 0.2, losses
 
 
+def test_the_dataset_doctors_verdict_comes_before_step_1(trained):
+    """A dataset its anchors cannot learn shows before hours of training."""
+    _, log, _ = trained
+    lines = log.splitlines()
+    verdicts = [i for i, line in enumerate(lines)
+                if line.startswith("dataset doctor (4 training images): ")]
+    first_step = next(i for i, line in enumerate(lines) if STEP_LINE.match(line))
+    assert len(verdicts) == 1 and verdicts[0] < first_step, log
+    assert "match an anchor" in lines[verdicts[0]] or "match no anchor" in lines[
+        verdicts[0]], lines[verdicts[0]]
+
+
 def test_checkpoints_rotate_and_record_the_run(trained):
     trainer, log, _ = trained
     model_dir = pathlib.Path(trainer.options.model_dir)
@@ -357,6 +369,25 @@ def test_class_count_change_loads_all_but_the_class_head(records, tmp_path):
     name = "box_net/box-predict/bias"
     np.testing.assert_array_equal(trainer.ema.shadows[name].numpy(),
                                   theirs[name].numpy())
+
+
+def test_official_checkpoint_warm_starts_a_p2_model(fixtures_dir, records,
+                                                   tmp_path):
+    """--ckpt of an official (levels 3..7) checkpoint for a min_level 2
+    model: no error; the start-up message names what keeps its initial
+    values because the pyramids differ (the BiFPN, the level-2 head batch
+    norms), beside the class layer a new class count skips."""
+    stream = io.StringIO()
+    Trainer(get_config("efficientdet-d0", {**SMALL, "min_level": 2}),
+            options(tmp_path / "run", records,
+                    ckpt=str(fixtures_dir / "automl_d0_256x256" / "ckpt")),
+            stream=stream)
+    text = stream.getvalue()
+    assert "initialised from" in text and "skipped 2" in text, text
+    assert ("the checkpoint's pyramid has levels 3..7, the model's 2..7, so "
+            in text), text
+    assert ("keep their initial values: fpn_cells, box_net/box-0-bn-2, "
+            "class_net/class-0-bn-2") in text, text
 
 
 def test_bad_training_patterns_fail_before_building(tmp_path, monkeypatch):
