@@ -341,14 +341,25 @@ def _worst(classes: list[ClassStats]) -> ClassStats | None:
 
 def _advice(table: BoxTable, config: Config, worst: ClassStats,
             measured: np.ndarray) -> str:
-    """What to do about the worst-covered class: fit the anchors, or use
-    the next larger image size when that at least halves the share of its
-    boxes matching no anchor (boxes too small for the smallest anchors)."""
+    """What to do about the worst-covered class: fit the anchors; add a
+    level-2 pyramid when most of its boxes are narrower than the finest
+    level's stride (a box sits up to half a stride from the nearest anchor
+    centre, which a thin box cannot overlap by half, whatever the anchor's
+    shape); use the next larger image size when that at least halves the
+    share of its boxes matching no anchor (boxes too small for the smallest
+    anchors)."""
     advice = "run analyze_dataset.py --fit_anchors"
-    stride = 2 ** config.max_level
-    larger = [int(math.ceil(1.5 * side / stride)) * stride
-              for side in config.image_size]
     mine = measured & (table.classes == worst.id)
+    boxes = input_scale_boxes(table.boxes[mine], table.sizes[table.image[mine]],
+                              config.image_size)
+    short = np.minimum(_extent(boxes, 3, 1), _extent(boxes, 2, 0))
+    stride = 2 ** config.min_level
+    if config.min_level > 2 and len(short) and np.median(short) < stride:
+        advice += (f" with min_level: 2 (most boxes are narrower than the "
+                   f"level-{config.min_level} stride, {stride} px)")
+    top = 2 ** config.max_level
+    larger = [int(math.ceil(1.5 * side / top)) * top
+              for side in config.image_size]
     boxes = input_scale_boxes(table.boxes[mine], table.sizes[table.image[mine]],
                               larger)
     there = np.mean(best_anchor_iou(

@@ -118,6 +118,24 @@ def test_image_size_advice_when_boxes_are_too_small(tmp_path):
     assert "or use image_size 768 (100.0 % match there)" in report.verdict()
 
 
+def test_level_2_advice_when_boxes_are_narrower_than_the_finest_stride(tmp_path):
+    """4 x 40 px bars at D0's 512: narrower than level 3's 8 px stride, so
+    the advice adds a P2 level; 12 px wide ones do not get it."""
+    path = tmp_path / "thin.json"
+    boxes = [np.array([74, 74, 78, 114]) + 64 * k for k in range(4)]
+    coco_json(path, IMAGES[:1], [annotation(i + 1, 1, 1, b)
+                                 for i, b in enumerate(boxes)], CATEGORIES)
+    verdict = doctor.analyze(read_coco_json(str(path)), d0()).verdict()
+    assert "--fit_anchors with min_level: 2 (most boxes are narrower than " \
+        "the level-3 stride, 8 px)" in verdict, verdict
+    wider = tmp_path / "wider.json"
+    coco_json(wider, IMAGES[:1], [annotation(i + 1, 1, 1, b + [0, 0, 8, 0])
+                                  for i, b in enumerate(boxes)], CATEGORIES)
+    verdict = doctor.analyze(read_coco_json(str(wider)), d0()).verdict()
+    assert "match no anchor: run analyze_dataset.py --fit_anchors" in verdict
+    assert "min_level" not in verdict, verdict
+
+
 def test_class_ids_outside_the_config_are_errors_naming_files(hand_made):
     report = doctor.analyze(read_coco_json(hand_made), d0(num_classes=1))
     [error] = report.errors
