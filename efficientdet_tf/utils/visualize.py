@@ -32,7 +32,10 @@ def draw_detections(image: np.ndarray, boxes: Sequence[Sequence[float]],
     ``boxes`` are ``(ymin, xmin, ymax, xmax)`` pixels of ``image``; ``classes``
     1-based ids; detections below ``min_score`` are not drawn, and at most
     ``max_boxes`` of the highest-scoring ones are. ``scores=None`` draws
-    ground truth (no score in the caption).
+    ground truth (no score in the caption). Boxes are clipped to the image
+    and those with nothing inside it (or non-finite corners) skipped: an
+    untrained model decodes boxes far outside any image, up to float32's
+    range, which Pillow cannot draw.
     """
     canvas = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
     draw = ImageDraw.Draw(canvas)
@@ -47,7 +50,13 @@ def draw_detections(image: np.ndarray, boxes: Sequence[Sequence[float]],
         score = None if scores is None else float(scores[index])
         if score is not None and score < min_score:
             continue
-        ymin, xmin, ymax, xmax = (float(v) for v in boxes[index])
+        corners = np.asarray(boxes[index], dtype=np.float64)
+        if not np.all(np.isfinite(corners)):
+            continue
+        bottom, right = canvas.height - 1, canvas.width - 1  # last pixels
+        ymin, xmin, ymax, xmax = np.clip(corners, 0, [bottom, right, bottom, right])
+        if ymax <= ymin or xmax <= xmin:
+            continue
         color = class_color(int(classes[index]))
         draw.rectangle([xmin, ymin, xmax, ymax], outline=color, width=width)
         caption = class_name(int(classes[index]), label_map)

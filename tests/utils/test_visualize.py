@@ -33,3 +33,17 @@ def test_ground_truth_without_scores_and_names():
     assert out.sum() > 0
     assert class_name(7, None) == "7" and class_name(1, {1: "cat"}) == "cat"
     assert class_color(1) != class_color(2)
+
+
+def test_boxes_far_outside_or_not_finite_are_clipped_or_skipped():
+    """An untrained model's decoded boxes reach 1e30 and inf; drawing them
+    into the eval summaries crashed Pillow (a bug: training stopped at its
+    first evaluation)."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    boxes = [(1e30, 1e30, 2e30, 2e30), (np.inf, 0, 1, 1), (np.nan, 0, 9, 9),
+             (-1e12, -1e12, 1e12, 1e12), (10, 10, 20, 20)]
+    out = draw_detections(image, boxes, [1, 1, 1, 2, 3], [0.9] * 5,
+                          line_width=1)
+    assert out[10, 15].any() and out[15, 10].any()  # the ordinary box
+    assert out[63, 30].any() and out[30, 63].any()  # the huge one, clipped
+    assert out.shape == image.shape
