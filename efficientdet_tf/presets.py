@@ -32,6 +32,10 @@ DEFAULTS: dict[str, Any] = {
     "stddev_rgb": IMAGENET_STDDEV_RGB,
     "max_instances_per_image": 100,
     "skip_crowd_during_training": True,
+    # automl's training augmentation of the decoded image, in its order:
+    # GridMask, then an AutoAugment policy (v0..v3, or randaug); off: None.
+    "grid_mask": False,
+    "autoaugment_policy": None,
     "regenerate_source_id": False,
     # Classes.
     "num_classes": 90,
@@ -107,7 +111,7 @@ AUTOML_ONLY_KEYS = frozenset({
     "use_keras_model", "strategy", "data_format", "verbose",
     "save_freq", "sample_image", "map_freq", "img_summary_steps", "dataset_type",
     "seg_num_classes", "heads", "positives_momentum", "ckpt_var_scope",
-    "model_optimizations", "autoaugment_policy", "grid_mask", "scale_range",
+    "model_optimizations", "scale_range",
     "target_size", "loss_scale", "use_tpu", "precision", "nms_configs.pyfunc",
     # Batch norms follow each call's `training` argument, as in Keras.
     "is_training_bn",

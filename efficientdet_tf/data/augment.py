@@ -6,6 +6,9 @@ same code as the export, because the official checkpoints were trained (and
 are evaluated) on exactly automl's ``DetectionInputProcessor`` input. This
 module adds what only the pipeline needs, in automl's order:
 
+0. (training) on the decoded image: GridMask (``grid_mask``), then the
+   AutoAugment policy (``autoaugment_policy``), dropping boxes that leave
+   the image;
 1. (training) flip left-right with probability 1/2, before resizing;
 2. (training) draw the scale jitter in ``[jitter_min, jitter_max]`` and the
    crop position that :func:`~efficientdet_tf.ops.geometry.scale_geometry`
@@ -31,6 +34,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from efficientdet_tf.config import Config
+from efficientdet_tf.data.autoaugment import autoaugment
+from efficientdet_tf.data.gridmask import gridmask
 from efficientdet_tf.ops.geometry import Geometry
 
 
@@ -44,6 +50,25 @@ class Augmentation(NamedTuple):
     flip: tf.Tensor
     jitter: tf.Tensor
     crop_fraction: tf.Tensor
+
+
+def automl_policies(image: tf.Tensor, boxes: tf.Tensor, config: Config,
+                    seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Step 0 on the decoded uint8 image ``[h, w, 3]`` and normalised yxyx
+    ``boxes`` ``[N, 4]``: returns both and ``keep`` ``[N]`` (false for boxes
+    the policy moved out of the image; callers drop their rows).
+
+    Their seeds are folded out of ``seed`` rather than split from it, so
+    switching them on leaves the flip, jitter and crop drawn from the same
+    ``seed`` unchanged.
+    """
+    if config.grid_mask:
+        image = gridmask(image, tf.random.fold_in(seed, 1))
+    keep = tf.ones_like(boxes[:, 0], tf.bool)
+    if config.autoaugment_policy:
+        image, boxes, keep = autoaugment(image, boxes, config.autoaugment_policy,
+                                         tf.random.fold_in(seed, 2))
+    return image, boxes, keep
 
 
 def flip_left_right(image: tf.Tensor, boxes: tf.Tensor

@@ -48,6 +48,7 @@ import tensorflow as tf
 from efficientdet_tf.ops.anchors import AnchorTargets, label_anchors
 from efficientdet_tf.config import Config
 from efficientdet_tf.data import augment
+from efficientdet_tf.data.autoaugment import check_policy
 from efficientdet_tf.data.tfrecord import decode_example
 from efficientdet_tf.ops.geometry import resize_crop_pad, scale_geometry
 from efficientdet_tf.ops.preprocess import normalize_image
@@ -73,7 +74,8 @@ def build_dataset(file_pattern: str | Sequence[str], config: Config, *,
     ``file_pattern``: a glob, several separated by commas, or a list of them;
     a pattern matching no file is a :class:`FileNotFoundError` naming it.
 
-    Training: files and records shuffled, repeated forever, random flip
+    Training: files and records shuffled, repeated forever, automl's
+    ``grid_mask`` and ``autoaugment_policy`` when set, random flip
     (``input_rand_hflip``) and scale jitter + crop (``jitter_min`` /
     ``jitter_max``), crowd boxes dropped (``skip_crowd_during_training``),
     incomplete last batch dropped (``drop_remainder``). Eval: one pass, no
@@ -91,6 +93,9 @@ def build_dataset(file_pattern: str | Sequence[str], config: Config, *,
     batch size, split per replica. Without it ``batch_size`` is the batch
     this dataset yields.
     """
+    if training and config.autoaugment_policy:
+        # Here rather than in Dataset.map, which would wrap the ConfigError.
+        check_policy(config.autoaugment_policy)
     files = list_record_files(file_pattern)
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:
@@ -186,10 +191,15 @@ def parse_example(serialized: tf.Tensor, config: Config, *, training: bool,
         boxes, classes, is_crowd = (tf.boolean_mask(t, keep)
                                     for t in (boxes, classes, is_crowd))
     original_size = tf.stack([data["height"], data["width"]])
-    image = normalize_image(data["image"], config.mean_rgb, config.stddev_rgb)
+    image = data["image"]
     if training:
         if seed is None:
             raise ValueError("parse_example(training=True) needs a seed")
+        image, boxes, keep = augment.automl_policies(image, boxes, config, seed)
+        boxes, classes, is_crowd = (tf.boolean_mask(t, keep)
+                                    for t in (boxes, classes, is_crowd))
+    image = normalize_image(image, config.mean_rgb, config.stddev_rgb)
+    if training:
         draw = augment.sample_augmentation(seed, config.jitter_min,
                                            config.jitter_max,
                                            config.input_rand_hflip)

@@ -5,6 +5,7 @@ check that every augmentation moves boxes and pixels together.
 """
 from __future__ import annotations
 
+import logging
 import pathlib
 import re
 
@@ -13,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from efficientdet_tf.ops.anchors import BACKGROUND, IGNORED, label_anchors
-from efficientdet_tf.config import get_config
+from efficientdet_tf.config import ConfigError, get_config
 from efficientdet_tf.data import augment
 from efficientdet_tf.data.pipeline import build_dataset, targets_from_labels
 from efficientdet_tf.data.tfrecord import Example, encode_example
@@ -161,6 +162,39 @@ def test_flip_mirrors_boxes_and_pixels(rect_records):
         rect_records, no_flip, training=True, batch_size=16, seed=5), 1)
     np.testing.assert_allclose(labels["boxes"][:, 0],
                                np.tile(original, (16, 1)))
+
+
+@pytest.mark.parametrize("setting", [{"autoaugment_policy": "v0"},
+                                     {"autoaugment_policy": "randaug"},
+                                     {"grid_mask": True}])
+def test_automl_policies_train_with_no_warning(rect_records, setting, caplog):
+    """automl's YAML keys were accepted with a warning and silently trained
+    without (a bug). Now no warning, the images change (the policy ran)
+    while the flip, jitter and crop drawn from the same seed do not, and
+    boxes stay inside the network input."""
+    plain = tiny_config(jitter_min=1.0, jitter_max=1.0)
+    with caplog.at_level(logging.WARNING):
+        config = tiny_config(jitter_min=1.0, jitter_max=1.0, **setting)
+    assert not caplog.records, caplog.text
+    [(augmented, labels)] = batches(build_dataset(
+        rect_records, config, training=True, batch_size=16, seed=5,
+        deterministic=True), 1)
+    [(images, plain_labels)] = batches(build_dataset(
+        rect_records, plain, training=True, batch_size=16, seed=5,
+        deterministic=True), 1)
+    assert not np.allclose(augmented, images)
+    boxes = labels["boxes"][labels["classes"] > 0]
+    assert np.all(boxes >= 0) and np.all(boxes[:, 2] <= 128)
+    assert np.all(boxes[:, 3] <= 128)
+    if "grid_mask" in setting:  # boxes untouched: only pixels are hidden
+        np.testing.assert_array_equal(labels["boxes"], plain_labels["boxes"])
+
+
+def test_unknown_autoaugment_policy_fails_when_the_pipeline_is_built(
+        rect_records):
+    with pytest.raises(ConfigError, match="unknown autoaugment_policy 'v9'"):
+        build_dataset(rect_records, tiny_config(autoaugment_policy="v9"),
+                      training=True, batch_size=2, seed=0)
 
 
 def test_jitter_and_crop_keep_boxes_on_their_pixels(rect_records):
