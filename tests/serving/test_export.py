@@ -75,6 +75,29 @@ def assert_same_detections(ours: dict, reference: dict, box_scale: float,
                                atol=BOX_RTOL * box_scale)
 
 
+def assert_same_detections_any_order(ours: dict, reference: dict,
+                                     box_scale: float,
+                                     score_atol: float = SCORE_ATOL) -> None:
+    """As :func:`assert_same_detections`, but detections whose scores tie
+    within ``score_atol`` may come in either order (a random model has many
+    such ties): each reference detection has its own match among ours."""
+    assert np.min(reference["num_detections"]) > 0, "no detections to compare"
+    np.testing.assert_array_equal(ours["num_detections"],
+                                  reference["num_detections"])
+    count = int(reference["num_detections"][0])
+    unmatched = set(range(count))
+    for i in range(count):
+        match = [j for j in sorted(unmatched)
+                 if ours["detection_classes"][0, j] == reference["detection_classes"][0, i]
+                 and abs(ours["detection_scores"][0, j]
+                         - reference["detection_scores"][0, i]) <= score_atol
+                 and np.all(np.abs(ours["detection_boxes"][0, j]
+                                   - reference["detection_boxes"][0, i])
+                            <= BOX_RTOL * box_scale)]
+        assert match, f"reference detection {i} has no counterpart"
+        unmatched.remove(match[0])
+
+
 def test_layout_signatures_and_metadata(export_dir, model_and_config):
     _, config = model_and_config
     assert (export_dir / "saved_model.pb").is_file()
@@ -439,4 +462,5 @@ def test_a_p2_model_exports_to_saved_model_and_tflite(tmp_path):
         assert {k: outputs[k].shape for k in OUTPUT_KEYS} == {
             "detection_boxes": (1, 100, 4), "detection_scores": (1, 100),
             "detection_classes": (1, 100), "num_detections": (1,)}
-    assert_same_detections(ours, reference, box_scale=128.0)
+    # Near-tied scores of the random model swapped places in one CI run.
+    assert_same_detections_any_order(ours, reference, box_scale=128.0)
