@@ -365,12 +365,8 @@ def _apply(state: _State, name: str, prob: float, level: float,
     else:
         apply = tf.random.stateless_uniform([], coin_seed) < prob
         new_image, new_boxes = tf.cond(apply, run, lambda: (image, boxes))
-    visible = _area(new_boxes)
-    keep &= (visible > 0.0) & (visible >= min_visible * _area(boxes))
+    visible, before = box_aware_ops.box_area(new_boxes), box_aware_ops.box_area(boxes)
+    keep &= (visible > 0.0) & (visible >= min_visible * before)
     return new_image, new_boxes, keep
 
 
-def _area(boxes: tf.Tensor) -> tf.Tensor:
-    """Areas ``[N]`` of normalised yxyx boxes ``[N, 4]`` (0 if inverted)."""
-    ymin, xmin, ymax, xmax = tf.unstack(boxes, num=4, axis=-1)
-    return tf.maximum(ymax - ymin, 0.0) * tf.maximum(xmax - xmin, 0.0)

@@ -30,6 +30,14 @@ import tensorflow as tf
 
 from efficientdet_tf.data import image_ops
 
+
+def box_area(boxes: tf.Tensor) -> tf.Tensor:
+    """``[..., 4]`` yxyx (normalised or pixels) -> areas ``[...]``; an
+    inverted box has area 0. The visibility rules of every box-moving
+    augmentation compare these."""
+    return (tf.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
+            * tf.maximum(boxes[..., 3] - boxes[..., 1], 0.0))
+
 # An op run inside one box: (pixels of the box, seed [2]) -> same-shape pixels.
 CropOp = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 

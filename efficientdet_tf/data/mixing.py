@@ -34,6 +34,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from efficientdet_tf.config import ConfigError
+from efficientdet_tf.data.box_aware_ops import box_area
 
 MIN_VISIBLE_FRACTION = 0.1
 # automl's Mosaic keeps its divide point within 25%..75% of each side, so
@@ -123,7 +124,7 @@ def mosaic_at(images: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor,
     moved = tf.cast(boxes, tf.float32) + tf.cast(
         tf.tile(shifts, [1, 2]), tf.float32)[:, None, :]
     clipped = _clip(moved, tf.cast(quadrants, tf.float32)[:, None, :])
-    keep = _visible_enough(classes, _area(moved), _area(clipped),
+    keep = _visible_enough(classes, box_area(moved), box_area(clipped),
                            min_visible_fraction)
     out_boxes, out_classes = _compact(
         tf.reshape(keep, [-1]), tf.reshape(clipped, [-1, 4]),
@@ -240,13 +241,13 @@ def cutmix_at(images: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor,
 
     window = tf.cast(patch, tf.float32)
     boxes = tf.cast(boxes, tf.float32)
-    area_a, area_b = _area(boxes[0]), _area(boxes[1])
-    hidden_a = _area(_clip(boxes[0], window))
+    area_a, area_b = box_area(boxes[0]), box_area(boxes[1])
+    hidden_a = box_area(_clip(boxes[0], window))
     keep_a = _visible_enough(classes[0], area_a, area_a - hidden_a,
                              min_visible_fraction)
     boxes_a = _outside_extent(boxes[0], window)
     boxes_b = _clip(boxes[1], window)
-    keep_b = _visible_enough(classes[1], area_b, _area(boxes_b),
+    keep_b = _visible_enough(classes[1], area_b, box_area(boxes_b),
                              min_visible_fraction)
     return (image, *_compact(tf.concat([keep_a, keep_b], 0),
                              tf.concat([boxes_a, boxes_b], 0),
@@ -280,12 +281,6 @@ def _window(image: tf.Tensor, top_left: tf.Tensor, size: tf.Tensor
     piece = image[start[0]:end[0], start[1]:end[1]]
     padding = tf.concat([tf.stack([before, after], axis=1), [[0, 0]]], axis=0)
     return tf.pad(piece, padding)
-
-
-def _area(boxes: tf.Tensor) -> tf.Tensor:
-    """``[..., 4]`` yxyx -> ``[...]``; inverted boxes have area 0."""
-    return (tf.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
-            * tf.maximum(boxes[..., 3] - boxes[..., 1], 0.0))
 
 
 def _clip(boxes: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
