@@ -36,6 +36,11 @@ DEFAULTS: dict[str, Any] = {
     # GridMask, then an AutoAugment policy (v0..v3, or randaug); off: None.
     "grid_mask": False,
     "autoaugment_policy": None,
+    # Shares of training images made by Mosaic (4 images), MixUp (2 blended)
+    # and CutMix (a patch of another image); at most 1 together.
+    "mosaic_prob": 0.0,
+    "mixup_prob": 0.0,
+    "cutmix_prob": 0.0,
     "regenerate_source_id": False,
     # Classes.
     "num_classes": 90,

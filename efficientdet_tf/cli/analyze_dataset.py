@@ -58,12 +58,7 @@ def build_parser() -> Parser:
                       help="read only the first this many images (default: "
                       "all)")
     dataset_flags.add_policy_flags(parser)
-    parser.add_argument("--model_name", default="efficientdet-d0",
-                        help="model preset (default %(default)s)")
-    parser.add_argument("--hparams", default="",
-                        help="the config overrides you will train with, as "
-                        "main.py takes them: YAML files and 'a=1,b.c=2' "
-                        "items joined by commas")
+    dataset_flags.add_config_flags(parser)
     parser.add_argument("--output_dir",
                         help="folder for report.json, the plots and "
                         "anchors.yaml (nothing is written without it)")

@@ -39,6 +39,18 @@ def add_policy_flags(parser: argparse.ArgumentParser) -> None:
         "first and counts the rest (default %(default)s)")
 
 
+def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
+                     ) -> None:
+    """``--model_name`` and ``--hparams``, for the commands that read the
+    data under the config the user trains with (resolved as main.py does)."""
+    parser.add_argument("--model_name", default="efficientdet-d0",
+                        help="model preset (default %(default)s)")
+    parser.add_argument("--hparams", default="",
+                        help="the config overrides you train with, as "
+                        "main.py takes them: YAML files and 'a=1,b.c=2' "
+                        "items joined by commas")
+
+
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num_shards", type=int, default=1,

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import tensorflow as tf
 
@@ -49,6 +49,7 @@ from efficientdet_tf.ops.anchors import AnchorTargets, label_anchors
 from efficientdet_tf.config import Config
 from efficientdet_tf.data import augment
 from efficientdet_tf.data.autoaugment import check_policy
+from efficientdet_tf.data.mix_stage import mixed_examples, mixing_probabilities
 from efficientdet_tf.data.tfrecord import decode_example
 from efficientdet_tf.ops.geometry import resize_crop_pad, scale_geometry
 from efficientdet_tf.ops.preprocess import normalize_image
@@ -78,7 +79,9 @@ def build_dataset(file_pattern: str | Sequence[str], config: Config, *,
     ``grid_mask`` and ``autoaugment_policy`` when set, random flip
     (``input_rand_hflip``) and scale jitter + crop (``jitter_min`` /
     ``jitter_max``), crowd boxes dropped (``skip_crowd_during_training``),
-    incomplete last batch dropped (``drop_remainder``). Eval: one pass, no
+    then the shares of Mosaic / MixUp / CutMix images set by
+    ``mosaic_prob`` / ``mixup_prob`` / ``cutmix_prob``
+    (:mod:`~efficientdet_tf.data.mix_stage`), incomplete last batch dropped (``drop_remainder``). Eval: one pass, no
     shuffle (files read round-robin), no augmentation, every image kept (the
     last batch may be short), crowd boxes kept with ``is_crowd`` set and
     their anchors ignored.
@@ -96,6 +99,7 @@ def build_dataset(file_pattern: str | Sequence[str], config: Config, *,
     if training and config.autoaugment_policy:
         # Here rather than in Dataset.map, which would wrap the ConfigError.
         check_policy(config.autoaugment_policy)
+    mixing = training and bool(mixing_probabilities(config))
     files = list_record_files(file_pattern)
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:
@@ -119,23 +123,40 @@ def build_dataset(file_pattern: str | Sequence[str], config: Config, *,
 
     if not shard_records:
         files = files[pipeline_id::num_pipelines]
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        dataset = dataset.shuffle(len(files), seed=seed).repeat()
-    dataset = dataset.interleave(
-        read, cycle_length=min(len(files), MAX_CYCLE_LENGTH),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if training:
-        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed)
-        # One stateless seed [2] per image, drawn in dataset order.
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda record, image_seed: parse_example(
+
+    def records(shuffle_seed: int | None) -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices(files)
+        if training:
+            dataset = dataset.shuffle(len(files), seed=shuffle_seed).repeat()
+        dataset = dataset.interleave(
+            read, cycle_length=min(len(files), MAX_CYCLE_LENGTH),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        if training:
+            dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed)
+            # One stateless seed [2] per image, drawn in dataset order.
+            seeds = tf.data.Dataset.random(seed=shuffle_seed).batch(2)
+            dataset = tf.data.Dataset.zip((dataset, seeds))
+        return dataset
+
+    def letterboxed(shuffle_seed: int | None) -> tf.data.Dataset:
+        return records(shuffle_seed).map(
+            lambda record, image_seed: letterbox_example(
                 record, config, training=True, seed=image_seed),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    else:
-        dataset = dataset.map(
+
+    if not training:
+        dataset = records(seed).map(
             lambda record: parse_example(record, config, training=False),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    elif mixing:
+        dataset = mixed_examples(letterboxed, config, seed,
+                                 deterministic).map(
+            lambda example: label_example(example, config, training=True),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    else:
+        dataset = records(seed).map(
+            lambda record, image_seed: parse_example(
+                record, config, training=True, seed=image_seed),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size,
                             drop_remainder=training and config.drop_remainder,
@@ -170,6 +191,25 @@ def list_record_files(file_pattern: str | Sequence[str]) -> list[str]:
     return sorted(files)
 
 
+class Letterboxed(NamedTuple):
+    """One image placed in the network input, before anchor labeling.
+
+    ``image`` float32 ``[H, W, 3]``, normalised; ``boxes`` float32 ``[N, 4]``
+    yxyx network-input pixels, ``classes`` / ``is_crowd`` int32 ``[N]``;
+    ``image_scale``, ``source_id``, ``image_size`` as the labels of the
+    module docstring; ``content_size`` int32 ``[2]``, the (height, width) of
+    the picture at the top-left of ``image`` (the rest is letterbox padding).
+    """
+    image: tf.Tensor
+    boxes: tf.Tensor
+    classes: tf.Tensor
+    is_crowd: tf.Tensor
+    image_scale: tf.Tensor
+    source_id: tf.Tensor
+    image_size: tf.Tensor
+    content_size: tf.Tensor
+
+
 def parse_example(serialized: tf.Tensor, config: Config, *, training: bool,
                   seed: tf.Tensor | None = None
                   ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
@@ -179,6 +219,16 @@ def parse_example(serialized: tf.Tensor, config: Config, *, training: bool,
     when ``training``. Labels are those of the module docstring without the
     batch dimension.
     """
+    return label_example(letterbox_example(serialized, config,
+                                           training=training, seed=seed),
+                         config, training=training)
+
+
+def letterbox_example(serialized: tf.Tensor, config: Config, *,
+                      training: bool, seed: tf.Tensor | None = None
+                      ) -> Letterboxed:
+    """One record decoded, augmented (when ``training``, from ``seed``) and
+    letterboxed; the first half of :func:`parse_example`."""
     output_size = tuple(config.image_size)
     data = decode_example(serialized)
     boxes, classes, is_crowd = data["boxes"], data["classes"], data["is_crowd"]
@@ -214,7 +264,19 @@ def parse_example(serialized: tf.Tensor, config: Config, *, training: bool,
     boxes, keep = augment.transform_boxes(boxes, geometry, output_size)
     boxes, classes, is_crowd = (tf.boolean_mask(t, keep)
                                 for t in (boxes, classes, is_crowd))
+    content_size = tf.clip_by_value(geometry.scaled_size - geometry.offset,
+                                    0, tf.constant(output_size, tf.int32))
+    return Letterboxed(image=image, boxes=boxes, classes=classes,
+                       is_crowd=is_crowd, image_scale=geometry.scale,
+                       source_id=_source_id(data, config),
+                       image_size=original_size, content_size=content_size)
 
+
+def label_example(example: Letterboxed, config: Config, *, training: bool
+                  ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """Anchor targets and padded box lists of a letterboxed image: the
+    second half of :func:`parse_example`."""
+    boxes, classes, is_crowd = example.boxes, example.classes, example.is_crowd
     targets = label_anchors(boxes, classes, config, is_crowd=is_crowd)
     labels = {}
     for level, cls_t, box_t in zip(
@@ -224,17 +286,17 @@ def parse_example(serialized: tf.Tensor, config: Config, *, training: bool,
         labels[f"box_targets_{level}"] = box_t
     limit = config.max_instances_per_image
     if not training:
-        _warn_if_truncated(tf.shape(classes)[0], limit, data["source_id"])
+        _warn_if_truncated(tf.shape(classes)[0], limit, example.source_id)
     labels.update(
         num_positives=targets.num_positives,
         boxes=_pad_or_truncate(boxes, limit, 0.0),
         classes=_pad_or_truncate(classes, limit, -1),
         is_crowd=_pad_or_truncate(is_crowd, limit, 0),
-        image_scale=geometry.scale,
-        source_id=_source_id(data, config),
-        image_size=original_size,
+        image_scale=example.image_scale,
+        source_id=example.source_id,
+        image_size=example.image_size,
     )
-    return image, labels
+    return example.image, labels
 
 
 def targets_from_labels(labels: dict[str, tf.Tensor],
