@@ -114,8 +114,14 @@ def solarize_add(image: tf.Tensor, addition: int | tf.Tensor,
 
 
 def color(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
-    """Pillow's Color (saturation): blends with the image's grey version."""
-    grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+    """Pillow's Color (saturation): blends with the image's grey version.
+
+    The grey is broadcast to three channels rather than passed through
+    ``tf.image.grayscale_to_rgb``, whose shape asserts are stateful ops: a
+    ``tf.data`` iterator whose map holds one cannot be checkpointed, which
+    broke ``--deterministic`` runs (they save the input position).
+    """
+    grey = tf.broadcast_to(tf.image.rgb_to_grayscale(image), tf.shape(image))
     return blend(grey, image, factor)
 
 

@@ -132,3 +132,4 @@ def test_eval_ignores_the_mixing_keys(box_records):
     [(_, labels)] = batches(build_dataset(box_records, config, training=False,
                                           batch_size=8))
     np.testing.assert_array_equal((labels["classes"] > 0).sum(axis=1), 1)
+

@@ -372,3 +372,29 @@ def test_regenerate_source_id_hashes_the_filename(rect_records):
     expected = [str(tf.strings.to_hash_bucket_fast(f"{i}.jpg", 2 ** 63 - 1)
                     .numpy()).encode() for i in range(4)]
     assert labels["source_id"].tolist() == expected
+
+
+@pytest.mark.parametrize("setting", [
+    {"autoaugment_policy": "v0"}, {"autoaugment_policy": "v1"},
+    {"autoaugment_policy": "v2"}, {"autoaugment_policy": "v3"},
+    {"autoaugment_policy": "randaug"}, {"grid_mask": True},
+    {"mosaic_prob": 0.4, "mixup_prob": 0.3, "cutmix_prob": 0.3}])
+def test_input_position_checkpoints_and_resumes_with_augmentation(
+        rect_records, tmp_path, setting):
+    """``--deterministic`` runs save the iterator with each checkpoint. A
+    stateful op in the map (the shape asserts of tf.image.grayscale_to_rgb
+    in AutoAugment's Color) once made that save fail at the first
+    checkpoint; a restored iterator must continue with the same batches."""
+    config = tiny_config(**setting)
+    iterator = iter(build_dataset(rect_records, config, training=True,
+                                  batch_size=2, seed=4, deterministic=True))
+    next(iterator)
+    checkpoint = tf.train.Checkpoint(iterator=iterator)
+    path = checkpoint.write(str(tmp_path / "input"))
+    expected = [next(iterator) for _ in range(2)]
+    checkpoint.read(path).assert_consumed()
+    for (images, labels), (want_images, want_labels) in zip(
+            [next(iterator) for _ in range(2)], expected):
+        np.testing.assert_array_equal(images.numpy(), want_images.numpy())
+        np.testing.assert_array_equal(labels["boxes"].numpy(),
+                                      want_labels["boxes"].numpy())
