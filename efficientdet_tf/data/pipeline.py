@@ -268,7 +268,7 @@ def letterbox_example(serialized: tf.Tensor, config: Config, *,
                                     0, tf.constant(output_size, tf.int32))
     return Letterboxed(image=image, boxes=boxes, classes=classes,
                        is_crowd=is_crowd, image_scale=geometry.scale,
-                       source_id=_source_id(data, config),
+                       source_id=source_id_of(data, config),
                        image_size=original_size, content_size=content_size)
 
 
@@ -310,7 +310,7 @@ def targets_from_labels(labels: dict[str, tf.Tensor],
         num_positives=labels["num_positives"])
 
 
-def _source_id(data: dict[str, tf.Tensor], config: Config) -> tf.Tensor:
+def source_id_of(data: dict[str, tf.Tensor], config: Config) -> tf.Tensor:
     """The record's ``image/source_id``; with ``regenerate_source_id`` (as
     automl) a hash of the file name instead, for datasets whose ids clash."""
     if config.regenerate_source_id:

@@ -104,6 +104,12 @@ _FEATURES = {
 }
 
 
+# What identifies a record's image, and its bytes: enough to find and
+# decode chosen images without parsing their objects.
+IMAGE_ID_FEATURES = {key: _FEATURES[key] for key in (
+    "image/encoded", "image/filename", "image/source_id")}
+
+
 def decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """Parses one record (pure TF, for ``tf.data``).
 

@@ -6,13 +6,10 @@ of one-pixel clicks); the scatter of width against height with every anchor
 shape (level x octave scale x aspect ratio) drawn over it shows which boxes
 fall between the anchors, and whether fitted anchors reach them.
 
-matplotlib is optional (``pip install 'efficientdet_tf[plots]'``), imported
-only here and only through its object API on an Agg canvas, so no pyplot
-state or display backend is touched.
+matplotlib is optional (:mod:`efficientdet_tf.utils.plotting`).
 """
 from __future__ import annotations
 
-import io
 import os
 from typing import TYPE_CHECKING
 
@@ -22,7 +19,8 @@ from efficientdet_tf.config import Config
 from efficientdet_tf.datasets.doctor import BUCKETS, DatasetReport
 from efficientdet_tf.datasets.doctor_checks import MATCH_THRESHOLD
 from efficientdet_tf.ops.anchors import aspect_ratio_pairs, level_anchors
-from efficientdet_tf.utils.files import atomic_write
+from efficientdet_tf.utils.plotting import (PlotsUnavailable, require_matplotlib,
+                                            write_png)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,7 +31,6 @@ SIZES_PLOT = "box_sizes.png"
 ASPECTS_PLOT = "aspect_ratios.png"
 SHAPES_PLOT = "box_shapes.png"
 FIGURE_INCHES = (7.0, 4.5)
-DPI = 100
 # Above this many classes a legend would cover the plot.
 MAX_LEGEND = 12
 BINS = 40
@@ -46,9 +43,8 @@ def write_plots(report: DatasetReport, output_dir: str,
     matplotlib is missing. ``fitted``: a config with fitted anchors, drawn
     beside the report's own in the shapes plot."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
+        new_figure = require_matplotlib()
+    except PlotsUnavailable:
         return None
     px = report.boxes_px
     width, height = px[:, 3] - px[:, 1], px[:, 2] - px[:, 0]
@@ -61,22 +57,15 @@ def write_plots(report: DatasetReport, output_dir: str,
     groups = [(s.name or str(s.id), classes == s.id) for s in report.classes
               if np.any(classes == s.id)]
     figures = {
-        SIZES_PLOT: _sizes(Figure(FIGURE_INCHES), np.sqrt(width * height),
+        SIZES_PLOT: _sizes(new_figure(FIGURE_INCHES), np.sqrt(width * height),
                            groups),
-        ASPECTS_PLOT: _aspects(Figure(FIGURE_INCHES), width / height, groups,
+        ASPECTS_PLOT: _aspects(new_figure(FIGURE_INCHES), width / height, groups,
                                report.config),
-        SHAPES_PLOT: _shapes(Figure(FIGURE_INCHES), width, height, matched,
+        SHAPES_PLOT: _shapes(new_figure(FIGURE_INCHES), width, height, matched,
                              report.config, fitted),
     }
-    paths = []
-    for name, figure in figures.items():
-        FigureCanvasAgg(figure)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=DPI)
-        path = os.path.join(output_dir, name)
-        atomic_write(path, buffer.getvalue())
-        paths.append(path)
-    return paths
+    return [write_png(figure, os.path.join(output_dir, name))
+            for name, figure in figures.items()]
 
 
 def _sizes(figure: Figure, sizes: np.ndarray,

@@ -204,11 +204,31 @@ def load_coco_json(path: str) -> COCO:
         return COCO(path)
 
 
+class CocoEvaluation(NamedTuple):
+    """The metrics of :func:`coco_metrics`, with the accumulated evaluator
+    they were read from and the class names (one per
+    ``evaluator.params.catIds``), for callers that plot its arrays."""
+    metrics: dict[str, float]
+    evaluator: COCOeval
+    names: list[str]
+
+
 def coco_metrics(ground_truth: COCO | Mapping[str, Any],
                  results: Sequence[Mapping[str, Any]], *,
                  image_ids: Iterable[int] | None = None,
                  label_map: Mapping[int, str] | None = None
                  ) -> dict[str, float]:
+    """pycocotools box evaluation of ``results`` against ``ground_truth``
+    (:func:`coco_evaluation`'s metrics alone)."""
+    return coco_evaluation(ground_truth, results, image_ids=image_ids,
+                           label_map=label_map).metrics
+
+
+def coco_evaluation(ground_truth: COCO | Mapping[str, Any],
+                    results: Sequence[Mapping[str, Any]], *,
+                    image_ids: Iterable[int] | None = None,
+                    label_map: Mapping[int, str] | None = None
+                    ) -> CocoEvaluation:
     """pycocotools box evaluation of ``results`` against ``ground_truth``.
 
     ``image_ids`` restricts the evaluation to the images that were run (a
@@ -221,21 +241,18 @@ def coco_metrics(ground_truth: COCO | Mapping[str, Any],
     """
     coco = (ground_truth if isinstance(ground_truth, COCO)
             else coco_from_dict(ground_truth))
-    known = set(coco.getImgIds())
-    unknown = sorted({int(r["image_id"]) for r in results} - known)
-    if unknown:
-        raise ValueError(f"results for {len(unknown)} image ids that are not "
-                         f"in the ground truth, e.g. {unknown[:5]}")
     if not results:
         _LOG.warning("no detections at all: every metric that has ground "
                      "truth to measure is 0")
-    evaluator = COCOeval(coco, _load_results(coco, results), iouType="bbox")
-    if image_ids is not None:
-        evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
-    names = _class_names(coco, evaluator.params.catIds, label_map)
-    with _logged_stdout(logging.DEBUG):
-        evaluator.evaluate()
-        evaluator.accumulate()
+    evaluator = run_cocoeval(coco, results, image_ids)
+    names = class_names(coco, evaluator.params.catIds, label_map)
+    return CocoEvaluation(metrics_from(evaluator, names), evaluator, names)
+
+
+def metrics_from(evaluator: COCOeval, names: Sequence[str]) -> dict[str, float]:
+    """The metrics of :func:`coco_metrics` from an accumulated evaluator
+    (``names``: one per ``evaluator.params.catIds``), for callers that also
+    read the evaluator's arrays (:mod:`~efficientdet_tf.evaluation.analysis`)."""
     if not evaluator.evalImgs:  # no image or no category: nothing to measure
         _LOG.warning("no images or no categories to evaluate: metrics are -1")
         return {**dict.fromkeys(METRIC_NAMES, -1.0),
@@ -255,6 +272,31 @@ def coco_metrics(ground_truth: COCO | Mapping[str, Any],
     return metrics
 
 
+def run_cocoeval(ground_truth: COCO, results: Sequence[Mapping[str, Any]],
+                 image_ids: Iterable[int] | None = None) -> COCOeval:
+    """pycocotools' box evaluation, evaluated and accumulated.
+
+    ``image_ids`` restricts it to the images that were run (None: every
+    image of the ground truth). An empty ``results`` is valid (every class
+    with ground truth then has precision 0). Results for images the ground
+    truth lacks raise ``ValueError``: pycocotools would only assert.
+    pycocotools' printing goes to this module's logger at DEBUG.
+    """
+    unknown = sorted({int(r["image_id"]) for r in results}
+                     - set(ground_truth.getImgIds()))
+    if unknown:
+        raise ValueError(f"results for {len(unknown)} image ids that are not "
+                         f"in the ground truth, e.g. {unknown[:5]}")
+    evaluator = COCOeval(ground_truth, _load_results(ground_truth, results),
+                         iouType="bbox")
+    if image_ids is not None:
+        evaluator.params.imgIds = sorted({int(i) for i in image_ids})
+    with _logged_stdout(logging.DEBUG):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator
+
+
 def _load_results(coco: COCO, results: Sequence[Mapping[str, Any]]) -> COCO:
     """``coco.loadRes`` on copies (it adds keys to the dicts it gets), or an
     empty result set, which ``loadRes`` fails on."""
@@ -270,7 +312,7 @@ def _load_results(coco: COCO, results: Sequence[Mapping[str, Any]]) -> COCO:
     return empty
 
 
-def _class_names(coco: COCO, category_ids: Sequence[int],
+def class_names(coco: COCO, category_ids: Sequence[int],
                  label_map: Mapping[int, str] | None) -> list[str]:
     """One unique name per category: the label map's, else the ground
     truth's, else the id; a repeated name gets its id appended."""

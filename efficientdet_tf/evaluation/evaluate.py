@@ -34,10 +34,12 @@ import tensorflow as tf
 
 from efficientdet_tf.utils import summaries, visualize
 from efficientdet_tf.evaluation.coco_metrics import (ImageIdResolver, ImageTruth,
-                                          coco_from_dict, coco_metrics,
+                                          coco_evaluation, coco_from_dict,
                                           detections_to_coco, format_metrics,
                                           ground_truth_from_records,
                                           load_coco_json)
+from efficientdet_tf.evaluation.gallery import record_images
+from efficientdet_tf.evaluation.report import Report, write_report
 from efficientdet_tf.config import Config
 from efficientdet_tf.data.pipeline import build_dataset
 from efficientdet_tf.modeling.detector import Detector
@@ -85,9 +87,11 @@ def evaluate(detector: Detector, file_pattern: str, *, val_json_file: str | None
     Returns :data:`~efficientdet_tf.evaluation.coco_metrics.METRIC_NAMES` and one
     ``AP_/<class name>`` per category (``-1``: nothing to measure), also
     printed as a table. ``output_dir`` gets ``eval_results.json`` (the
-    returned dict) and ``detections.json`` (COCO results). ``summary_writer``
-    gets every metric as a scalar and ``num_images_to_draw`` images with
-    their detections, at ``step`` (or the default summary step).
+    returned dict), ``detections.json`` (COCO results) and the plots,
+    tables and error gallery of :mod:`~efficientdet_tf.evaluation.report`.
+    ``summary_writer`` gets every metric as a scalar, the report's plots
+    and ``num_images_to_draw`` images with their detections, at ``step``
+    (or the default summary step).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -124,8 +128,9 @@ def evaluate(detector: Detector, file_pattern: str, *, val_json_file: str | None
     results = detections_to_coco(image_ids, [d.boxes for d in detections],
                                  [d.scores for d in detections],
                                  [d.classes for d in detections])
-    metrics = coco_metrics(ground_truth, results, image_ids=image_ids,
-                           label_map=config.label_map)
+    scored = coco_evaluation(ground_truth, results, image_ids=image_ids,
+                             label_map=config.label_map)
+    metrics = scored.metrics
 
     source = val_json_file or "ground truth from the records"
     title = (f"COCO box metrics: {len(image_ids)} images, {len(results)} "
@@ -133,12 +138,29 @@ def evaluate(detector: Detector, file_pattern: str, *, val_json_file: str | None
     if not results:
         title += "\n  (no detections at all: every measurable AP and AR is 0)"
     print(format_metrics(metrics, title), flush=True)
+    report = None
     if output_dir:
         write_outputs(output_dir, metrics, results)
+    if output_dir and scored.evaluator.evalImgs:  # else nothing to plot
+        source_ids = dict(zip(image_ids, (d.source_id for d in detections)))
+        report = write_report(
+            output_dir, scored.evaluator, ground_truth, results, scored.names,
+            read_images=lambda ids: _images_by_id(file_pattern, config,
+                                                  source_ids, ids))
+        print(report.summary(output_dir), flush=True)
     if summary_writer is not None:
         write_summaries(summary_writer, step, metrics, drawings,
-                        config.label_map)
+                        config.label_map, report)
     return metrics
+
+
+def _images_by_id(file_pattern: str, config: Config,
+                  source_ids: Mapping[int, str], image_ids: set[int]
+                  ) -> dict[int, np.ndarray]:
+    """The gallery's images, read back from the eval records."""
+    wanted = {source_ids[i]: i for i in image_ids if i in source_ids}
+    return {wanted[source_id]: image for source_id, image in
+            record_images(file_pattern, config, set(wanted)).items()}
 
 
 def _run(predict: PredictFn, dataset: tf.data.Dataset, config: Config,
@@ -237,10 +259,12 @@ def write_outputs(output_dir: str, metrics: Mapping[str, float],
 def write_summaries(writer: tf.summary.SummaryWriter, step: int,
                     metrics: Mapping[str, float],
                     drawings: list[tuple[np.ndarray, ImageDetections]],
-                    label_map: Mapping[int, str] | None) -> None:
-    """Every metric as a scalar (automl's tag names) and each drawn image
-    as ``eval_images/<k>``: the same images every evaluation, so
-    TensorBoard's step slider shows how their detections evolve."""
+                    label_map: Mapping[int, str] | None,
+                    report: Report | None = None) -> None:
+    """Every metric as a scalar (automl's tag names), each drawn image as
+    ``eval_images/<k>`` (the same images every evaluation, so TensorBoard's
+    step slider shows how their detections evolve) and the report's plots
+    as ``eval_plots/<name>``."""
     with writer.as_default():
         for name, value in metrics.items():
             summaries.scalar(name, value, step)
@@ -251,4 +275,7 @@ def write_summaries(writer: tf.summary.SummaryWriter, step: int,
                 max_boxes=DRAW_MAX_BOXES)
             summaries.image(f"eval_images/{k}", drawn, step,
                             f"detections on source_id {found.source_id}")
+        for path in report.plots if report is not None else []:
+            name = os.path.splitext(os.path.basename(path))[0]
+            summaries.png_image(f"eval_plots/{name}", path, step)
     writer.flush()

@@ -17,7 +17,9 @@ import keras
 import tensorflow as tf
 
 from efficientdet_tf.modeling import checkpoint as ckpt_lib
-from efficientdet_tf.training import trainer_state
+from efficientdet_tf.training import curves, trainer_state
+from efficientdet_tf.utils import summaries
+from efficientdet_tf.utils.plotting import PlotsUnavailable
 from efficientdet_tf.config import Config, get_config
 from efficientdet_tf.datasets import record_check
 from efficientdet_tf.modeling.detector import Detector
@@ -66,6 +68,8 @@ class Evaluator:
         # reused while the model stays the same (every epoch of a run).
         self._detector: Detector | None = None
         self.options, self.stream = options, stream
+        self.model_dir = model_dir
+        self._said_no_plots = False
         self.output_dir = os.path.join(model_dir, EVAL_DIR)
         self.writer = tf.summary.create_file_writer(self.output_dir)
         self.best = trainer_state.BestKeeper(model_dir)
@@ -82,12 +86,28 @@ class Evaluator:
             val_json_file=self.options.val_json_file,
             batch_size=self.options.batch_size, max_images=self.options.samples,
             output_dir=self.output_dir, summary_writer=self.writer, step=step)
+        self._draw_curves(step)
         if self.best.offer(step, metrics, model):
             self.stream.write(f"best {trainer_state.BEST_METRIC} so far: "
                               f"{metrics[trainer_state.BEST_METRIC]:.4f} at step "
                               f"{step}, kept in {self.best.directory}\n")
             self.stream.flush()
         return metrics
+
+
+    def _draw_curves(self, step: int) -> None:
+        """Redraws ``training_curves.png`` (also into TensorBoard); without
+        matplotlib says so once."""
+        try:
+            path = curves.write_training_curves(self.model_dir)
+        except PlotsUnavailable as err:
+            if not self._said_no_plots:
+                self.stream.write(f"no {curves.CURVES_FILE}: {err}\n")
+                self._said_no_plots = True
+            return
+        with self.writer.as_default():
+            summaries.png_image("training_curves", path, step)
+        self.writer.flush()
 
 
 def _evaluate_trainer(trainer: Trainer, evaluator: Evaluator) -> None:

@@ -8,9 +8,12 @@ too, so TensorBoard shows them as usual.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
+from tensorflow.core.framework import summary_pb2, types_pb2
+from tensorflow.core.util import event_pb2
 
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     data_class=summary_pb2.DATA_CLASS_SCALAR,
@@ -36,3 +39,38 @@ def image(name: str, pixels: np.ndarray, step: int,
     tensor = tf.stack([tf.constant(str(width)), tf.constant(str(height)),
                        tf.io.encode_png(np.asarray(pixels, np.uint8))])
     tf.summary.write(name, tensor, step=step, metadata=metadata)
+
+
+def png_image(name: str, path: str, step: int) -> None:
+    """Writes the PNG file at ``path`` under ``name`` (a plot the run just
+    drew), described by its file name."""
+    from PIL import Image
+    with Image.open(path) as picture:
+        pixels = np.asarray(picture.convert("RGB"))
+    image(name, pixels, step, os.path.basename(path))
+
+
+def read_scalars(directory: str) -> dict[str, dict[int, float]]:
+    """The scalars that :func:`scalar` wrote into ``directory``'s event
+    files: ``{tag: {step: value}}``. Files are read oldest first, so a step
+    written again by a resumed run keeps its latest value; a file cut short
+    by a killed run is read up to the cut.
+
+    Scalars are recognised by their value (a float tensor of rank 0), not by
+    their metadata, which an event file holds only at a tag's first value.
+    """
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(tf.io.gfile.glob(os.path.join(directory,
+                                                     "events.out.tfevents.*"))):
+        try:
+            for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                event = event_pb2.Event.FromString(record)
+                for value in event.summary.value:
+                    tensor = value.tensor
+                    if (tensor.dtype == types_pb2.DT_FLOAT
+                            and not tensor.tensor_shape.dim):
+                        scalars.setdefault(value.tag, {})[int(event.step)] = (
+                            float(tf.make_ndarray(tensor)))
+        except tf.errors.DataLossError:
+            continue
+    return scalars

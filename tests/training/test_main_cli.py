@@ -201,6 +201,8 @@ def test_train_and_eval_then_eval_mode(capsys, records, tmp_path, monkeypatch):
     best = model_dir / trainer_state.BEST_DIR
     assert '"step": 2' in (best / trainer_state.BEST_FILE).read_text()
     assert len(list(best.glob("ckpt-*.index"))) == 1
+    # Redrawn at each evaluation from the run's event files.
+    assert (model_dir / "training_curves.png").stat().st_size > 10_000
 
     # eval mode: the run's own config, its newest checkpoint, once ...
     code, out, err = run_main(capsys, "--mode=eval", *common,
@@ -235,6 +237,11 @@ def test_a_p2_model_trains_checkpoints_and_evaluates(capsys, records, tmp_path):
     assert len(losses) == 3 and all(np.isfinite(losses)), out
     assert latest_step(model_dir) == 3
     assert "COCO box metrics: 4 images" in out and "AP50" in out
+    # Every evaluation writes its report beside the metrics.
+    assert "per-class table" in out
+    for name in ("pr_curves.png", "f1_vs_threshold.png", "confusion_matrix.png",
+                 "confusion_matrix.csv", "per_class.md", "per_class.csv"):
+        assert (model_dir / "eval" / name).is_file(), name
     config = get_config("efficientdet-d0", str(model_dir / "config.yaml"))
     assert config.min_level == 2
     report = ckpt_lib.load_weights(build_model(config), model_dir)
