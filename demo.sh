@@ -16,7 +16,7 @@ BATCH="${DEMO_BATCH:-8}"
 
 echo "== 1/6 install"
 if [ "${DEMO_INSTALL:-1}" != 0 ]; then
-  python -m pip install --quiet -e .
+  python -m pip install --quiet -e ".[plots]"
 fi
 
 # The images are generated at the size the network reads (one home: the
@@ -61,3 +61,4 @@ python -c 'import json, sys; r = json.load(open(sys.argv[1]))
 print("done: validation AP {:.3f}, AP50 {:.3f} (COCO, {})".format(r["AP"], r["AP50"], sys.argv[1]))' \
   "$OUT/model/eval/eval_results.json"
 echo "drawn images in $OUT/predictions"
+echo "where the model fails: $OUT/model/eval/ (pr_curves.png, confusion_matrix.png, f1_vs_threshold.png, per_class.md, errors/) and $OUT/model/training_curves.png"

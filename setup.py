@@ -39,8 +39,8 @@ setup(
         # without it).
         # pytest-xdist: tests/run.sh spreads the test files over two
         # processes (one process keeps only one of two cores busy).
-        # matplotlib: the dataset doctor's plots (they skip without it,
-        # which CI must not).
+        # matplotlib: the dataset doctor's and the evaluation's plots (they
+        # skip without it, which CI must not; demo.sh installs [plots]).
         "test": ["pytest>=7", "pytest-timeout", "pytest-xdist", "tf2onnx",
                  "onnxruntime", "matplotlib"],
         "export": ["tf2onnx", "onnxruntime", "ai-edge-litert"],

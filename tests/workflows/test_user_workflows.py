@@ -92,6 +92,12 @@ def test_demo_sh_at_smoke_scale(tmp_path):
     assert f"AP {results['AP']:.3f}" in done.stdout  # the demo prints its AP
     drawn = sorted((out / "predictions").glob("*.jpg"))
     assert len(drawn) == 4
+    # Where the model fails, after every evaluation (matplotlib is a test
+    # dependency, as demo.sh installs it).
+    for name in ("pr_curves.png", "confusion_matrix.png", "f1_vs_threshold.png",
+                 "per_class.md"):
+        assert (out / "model" / "eval" / name).is_file(), name
+    assert (out / "model" / "training_curves.png").is_file()
     assert (out / "saved_model" / "saved_model.pb").is_file()
     assert len(list((out / "model").glob("ckpt-*.index"))) >= 2
     # Rerun: the finished run resumes from its newest checkpoint (relative
