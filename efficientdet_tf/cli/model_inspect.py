@@ -13,6 +13,10 @@ function, so everything it does is testable from ``efficientdet_tf``.
   python model_inspect.py --runmode=tflite --ckpt_path=efficientdet-d0/ \\
       --output_dir=/tmp/tflite --tflite=fp32,int8 \\
       --representative_data='data/val-*.tfrecord'
+  python model_inspect.py --runmode=eval_saved_model \\
+      --saved_model_dir=/tmp/tflite/efficientdet-d0_int8.tflite \\
+      --validation_file_pattern='data/val-*.tfrecord' \\
+      --val_json_file=data/val.json --output_dir=/tmp/int8_eval
 
 Models come from --model_name + --hparams (a config.yaml written by an
 export or convert_ckpt works) + --ckpt_path (EMA weights when present).
@@ -95,6 +99,24 @@ def _exported(flags: argparse.Namespace) -> ImageDetector:
 def saved_model_infer(flags: argparse.Namespace) -> None:
     """Exported SavedModel (or frozen graph) over --input_image."""
     _infer(flags, _exported(flags))
+
+
+def eval_saved_model(flags: argparse.Namespace) -> None:
+    """COCO metrics and the evaluation report of an export (SavedModel,
+    frozen .pb, .tflite or .onnx) on --validation_file_pattern."""
+    from efficientdet_tf.config import get_config
+    from efficientdet_tf.evaluation.evaluate_export import evaluate_export
+    from efficientdet_tf.serving.export import METADATA_DIR, read_metadata
+    path = flags.saved_model_dir
+    folder = path if os.path.isdir(path) else os.path.dirname(
+        os.path.abspath(path))
+    # An export's own config (saved beside it) wins over the flags'.
+    config = (read_metadata(folder)[0]
+              if os.path.isdir(os.path.join(folder, METADATA_DIR))
+              else get_config(flags.model_name, flags.hparams))
+    evaluate_export(path, flags.validation_file_pattern, config,
+                    val_json_file=flags.val_json_file,
+                    max_images=flags.eval_samples, output_dir=flags.output_dir)
 
 
 def infer(flags: argparse.Namespace) -> None:
@@ -206,6 +228,8 @@ RUNMODES: dict[str, Runmode] = {
     "freeze": Runmode(freeze, ("ckpt_path", "output_dir")),
     "tflite": Runmode(tflite, ("ckpt_path", "output_dir")),
     "onnx": Runmode(onnx, ("ckpt_path", "output_dir")),
+    "eval_saved_model": Runmode(eval_saved_model, (
+        "saved_model_dir", "validation_file_pattern")),
     "saved_model_benchmark": Runmode(saved_model_benchmark,
                                      ("saved_model_dir",)),
     "benchmark": Runmode(benchmark, ()),
@@ -224,6 +248,9 @@ def build_parser() -> Parser:
                         "infer: detect objects in --input_image with a "
                         "SavedModel / a checkpoint. freeze, tflite, onnx: "
                         "write those formats to --output_dir. "
+                        "eval_saved_model: COCO metrics, plots and error "
+                        "gallery of an export (SavedModel, .pb, .tflite, "
+                        ".onnx) on --validation_file_pattern. "
                         "saved_model_benchmark / benchmark: end-to-end "
                         "latency. dry: build, one forward pass, parameters "
                         "and FLOPs (and, for levels other than the "
@@ -242,10 +269,19 @@ def build_parser() -> Parser:
     parser.add_argument("--saved_model_dir", help="the SavedModel directory "
                         "(written by saved_model, with <model_name>_frozen.pb "
                         "inside; read by saved_model_infer and "
-                        "saved_model_benchmark, which also take that .pb)")
+                        "saved_model_benchmark, which also take that .pb; "
+                        "eval_saved_model also takes a .tflite or .onnx)")
     parser.add_argument("--output_dir", help="where freeze, tflite and onnx "
                         "write <model_name>_frozen.pb, <model_name>_<type>"
-                        ".tflite and <model_name>.onnx")
+                        ".tflite and <model_name>.onnx; eval_saved_model its "
+                        "metrics, plots and tables")
+    parser.add_argument("--validation_file_pattern", help="eval_saved_model: "
+                        "the validation TFRecords (glob, quote it)")
+    parser.add_argument("--val_json_file", help="eval_saved_model: COCO "
+                        "ground truth (default: the records' boxes)")
+    parser.add_argument("--eval_samples", type=positive_int, default=None,
+                        help="eval_saved_model: only the first this many "
+                        "images (default: all)")
     parser.add_argument("--batch_size", type=positive_int, default=None,
                         help="export: fix the batch size (default: dynamic; "
                         "tflite: 1). infer: images per batch (default 1). "

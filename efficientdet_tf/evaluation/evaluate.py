@@ -27,10 +27,11 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
+from pycocotools.coco import COCO
 
 from efficientdet_tf.utils import summaries, visualize
 from efficientdet_tf.evaluation.coco_metrics import (ImageIdResolver, ImageTruth,
@@ -120,6 +121,24 @@ def evaluate(detector: Detector, file_pattern: str, *, val_json_file: str | None
     _LOG.info("ran %d images in %.1f s (%.1f images/s)", len(detections),
               seconds, len(detections) / max(seconds, 1e-9))
 
+    metrics, report = score(detections, truths, config,
+                            ground_truth=ground_truth,
+                            val_json_file=val_json_file,
+                            file_pattern=file_pattern, output_dir=output_dir)
+    if summary_writer is not None:
+        write_summaries(summary_writer, step, metrics, drawings,
+                        config.label_map, report)
+    return metrics
+
+
+def score(detections: Sequence[ImageDetections], truths: Sequence[ImageTruth],
+          config: Config, *, ground_truth: COCO | None,
+          val_json_file: str | None, file_pattern: str,
+          output_dir: str | None) -> tuple[dict[str, float], Report | None]:
+    """COCO metrics of per-image detections (printed as a table) and, with
+    ``output_dir``, the JSON files and the report. ``ground_truth``: the
+    loaded ``val_json_file``, or None to build it from ``truths`` (read
+    from ``file_pattern``'s records, which the error gallery reads again)."""
     if ground_truth is None:
         ground_truth = coco_from_dict(ground_truth_from_records(
             truths, config.num_classes, config.label_map))
@@ -148,10 +167,7 @@ def evaluate(detector: Detector, file_pattern: str, *, val_json_file: str | None
             read_images=lambda ids: _images_by_id(file_pattern, config,
                                                   source_ids, ids))
         print(report.summary(output_dir), flush=True)
-    if summary_writer is not None:
-        write_summaries(summary_writer, step, metrics, drawings,
-                        config.label_map, report)
-    return metrics
+    return metrics, report
 
 
 def _images_by_id(file_pattern: str, config: Config,
