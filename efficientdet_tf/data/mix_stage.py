@@ -55,9 +55,12 @@ STREAM_SEED_STRIDE = 1_000_003
 def mixing_probabilities(config: Config) -> dict[str, float]:
     """``{key: probability}`` of the ops switched on, validated: each in
     [0, 1], together at most 1 (they are shares of the training images)."""
+    settings = {"mosaic_prob": config.mosaic_prob,
+                "mixup_prob": config.mixup_prob,
+                "cutmix_prob": config.cutmix_prob}
     chosen = {}
     for op in MIX_OPS:
-        value = config.get(op.key) or 0.0
+        value = settings[op.key] or 0.0
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ConfigError(f"{op.key} must be a probability in [0, 1], "
                               f"got {value!r}")
