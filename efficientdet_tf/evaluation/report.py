@@ -70,7 +70,8 @@ class Report(NamedTuple):
                 f"best F1 {self.best_f1:.3f} at score >= "
                 f"{self.score_threshold:.3f} (all classes)")
         line = (f"{best}; curves, confusion matrix, per-class table and "
-                f"{len(self.gallery)} error images in {output_dir}")
+                f"{len(self.gallery)} error image"
+                f"{'' if len(self.gallery) == 1 else 's'} in {output_dir}")
         return line + (f" ({self.note})" if self.note else "")
 
 
