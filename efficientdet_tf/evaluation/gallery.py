@@ -80,6 +80,13 @@ def write_gallery(output_dir: str, cases: Sequence[ErrorCase],
     staging = folder + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
+    # One pass over the results (a COCO eval holds ~10^5), not one per case.
+    wanted = {case.image_id for case in cases}
+    kept: dict[int, list[Mapping[str, Any]]] = {}
+    for result in results:
+        image_id = int(result["image_id"])
+        if image_id in wanted and result["score"] >= score_threshold:
+            kept.setdefault(image_id, []).append(result)
     rank: dict[tuple[str, int], int] = {}
     written = []
     for case in cases:
@@ -87,8 +94,8 @@ def write_gallery(output_dir: str, cases: Sequence[ErrorCase],
             continue
         key = (case.kind, case.category_id)
         rank[key] = rank.get(key, 0) + 1
-        picture = draw_case(case, images[case.image_id], ground_truth, results,
-                            score_threshold, names)
+        picture = draw_case(case, images[case.image_id], ground_truth,
+                            kept.get(case.image_id, []), names)
         buffer = io.BytesIO()
         Image.fromarray(picture).save(buffer, format="JPEG",
                                       quality=JPEG_QUALITY)
@@ -102,13 +109,11 @@ def write_gallery(output_dir: str, cases: Sequence[ErrorCase],
 
 
 def draw_case(case: ErrorCase, image: np.ndarray, ground_truth: Any,
-              results: Sequence[Mapping[str, Any]], score_threshold: float,
+              detections: Sequence[Mapping[str, Any]],
               names: Mapping[int, str]) -> np.ndarray:
-    """``image`` with its ground truth, its detections at or above
-    ``score_threshold``, and the case's box highlighted."""
+    """``image`` with its ground truth, ``detections`` (the image's, at or
+    above the report's threshold) and the case's box highlighted."""
     truths = ground_truth.imgToAnns.get(case.image_id, [])
-    detections = [r for r in results if int(r["image_id"]) == case.image_id
-                  and r["score"] >= score_threshold]
     zoom = max(1.0, MIN_SIDE / max(1, min(image.shape[:2])))
     if zoom > 1:
         height, width = image.shape[:2]
