@@ -17,6 +17,12 @@ function, so everything it does is testable from ``efficientdet_tf``.
       --saved_model_dir=/tmp/tflite/efficientdet-d0_int8.tflite \\
       --validation_file_pattern='data/val-*.tfrecord' \\
       --val_json_file=data/val.json --output_dir=/tmp/int8_eval
+  python model_inspect.py --runmode=ensemble_infer \\
+      --saved_model_dir=/tmp/fold0,/tmp/fold1,/tmp/fold2 --tta=flip \\
+      --input_image='photos/*.jpg' --output_image_dir=/tmp/out
+  python model_inspect.py --runmode=saved_model_infer --tile_size=512 \\
+      --saved_model_dir=/tmp/d0_export --input_image=aerial/ \\
+      --output_image_dir=/tmp/tiled
 
 Models come from --model_name + --hparams (a config.yaml written by an
 export or convert_ckpt works) + --ckpt_path (EMA weights when present).
@@ -29,12 +35,16 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from efficientdet_tf.cli.command import Parser, UsageError, positive_int, run
+from efficientdet_tf.cli.fusion_flags import (add_fusion_flags, fused_predictor,
+                                              fusion_options, open_models)
 
 if TYPE_CHECKING:  # TensorFlow is imported only when a runmode runs
     import keras
 
     from efficientdet_tf.config import Config
+    from efficientdet_tf.fusion.fused import FusedDetector
     from efficientdet_tf.serving.inference import ImageDetector
+    from efficientdet_tf.serving.predictors import LoadedModel
 
 PROG = "model_inspect.py"
 
@@ -73,7 +83,8 @@ def saved_model(flags: argparse.Namespace) -> None:
           f"in assets.extra/; frozen graph {frozen_graph_name(config)})")
 
 
-def _infer(flags: argparse.Namespace, detector: ImageDetector) -> None:
+def _infer(flags: argparse.Namespace, detector: ImageDetector | FusedDetector
+           ) -> None:
     from efficientdet_tf.serving.inference import list_images, run_inference
     summary = run_inference(
         detector, list_images(flags.input_image),
@@ -96,35 +107,66 @@ def _exported(flags: argparse.Namespace) -> ImageDetector:
                        get_config(flags.model_name, flags.hparams))
 
 
+def _flags_config(flags: argparse.Namespace) -> Callable[[], Config]:
+    """The config of a model file that carries none: the flags'."""
+    from efficientdet_tf.config import get_config
+    return lambda: get_config(flags.model_name, flags.hparams)
+
+
+def _fused(flags: argparse.Namespace, models: list[LoadedModel]
+           ) -> FusedDetector:
+    from efficientdet_tf.fusion.fused import FusedDetector
+    return FusedDetector(fused_predictor(models, flags))
+
+
 def saved_model_infer(flags: argparse.Namespace) -> None:
-    """Exported SavedModel (or frozen graph) over --input_image."""
-    _infer(flags, _exported(flags))
+    """Exported SavedModel (or frozen graph) over --input_image; with TTA or
+    tiles, image by image through the fusion."""
+    if fusion_options(flags).plain:
+        _infer(flags, _exported(flags))
+    else:
+        _infer(flags, _fused(flags, open_models(flags, _flags_config(flags))))
+
+
+def ensemble_infer(flags: argparse.Namespace) -> None:
+    """Several models (SavedModels, exports, model_dirs) over
+    --input_image, their detections merged."""
+    models = open_models(flags, _flags_config(flags))
+    if len(models) < 2:
+        raise UsageError("--runmode=ensemble_infer needs two or more models: "
+                         "--saved_model_dir=a,b[,c...]")
+    _infer(flags, _fused(flags, models))
 
 
 def eval_saved_model(flags: argparse.Namespace) -> None:
-    """COCO metrics and the evaluation report of an export (SavedModel,
-    frozen .pb, .tflite or .onnx) on --validation_file_pattern."""
-    from efficientdet_tf.config import get_config
-    from efficientdet_tf.evaluation.evaluate_export import evaluate_export
-    from efficientdet_tf.serving.export import METADATA_DIR, read_metadata
-    path = flags.saved_model_dir
-    folder = path if os.path.isdir(path) else os.path.dirname(
-        os.path.abspath(path))
-    # An export's own config (saved beside it) wins over the flags'.
-    config = (read_metadata(folder)[0]
-              if os.path.isdir(os.path.join(folder, METADATA_DIR))
-              else get_config(flags.model_name, flags.hparams))
-    evaluate_export(path, flags.validation_file_pattern, config,
-                    val_json_file=flags.val_json_file,
-                    max_images=flags.eval_samples, output_dir=flags.output_dir)
+    """COCO metrics and the evaluation report of exports (SavedModel,
+    frozen .pb, .tflite, .onnx) or model_dirs on --validation_file_pattern;
+    several are evaluated as their ensemble, with TTA and tiles as asked."""
+    from efficientdet_tf.evaluation.evaluate_export import evaluate_predictor
+    models = open_models(flags, _flags_config(flags))
+    name = ("+".join(os.path.basename(os.path.normpath(m.path))
+                     for m in models))
+    evaluate_predictor(fused_predictor(models, flags), name,
+                       flags.validation_file_pattern, models[0].config,
+                       val_json_file=flags.val_json_file,
+                       max_images=flags.eval_samples,
+                       output_dir=flags.output_dir)
 
 
 def infer(flags: argparse.Namespace) -> None:
-    """Checkpoint over --input_image, in process (no export)."""
-    from efficientdet_tf.serving.export import ServingGraph
+    """Checkpoint over --input_image, in process (no export); with TTA or
+    tiles, image by image through the fusion."""
+    from efficientdet_tf.serving.export import SERVING_DEFAULT, ServingGraph
     from efficientdet_tf.serving.inference import GraphDetector
+    from efficientdet_tf.serving.predictors import LoadedModel, images_predictor
     model, config = _model(flags)
-    _infer(flags, GraphDetector(ServingGraph(model, config)))
+    serving = ServingGraph(model, config)
+    if fusion_options(flags).plain:
+        _infer(flags, GraphDetector(serving))
+        return
+    predict = images_predictor(serving.functions()[SERVING_DEFAULT], None)
+    _infer(flags, _fused(flags, [LoadedModel(
+        flags.ckpt_path, predict, config, dict(config.label_map or {}))]))
 
 
 def freeze(flags: argparse.Namespace) -> None:
@@ -224,6 +266,8 @@ RUNMODES: dict[str, Runmode] = {
     "saved_model": Runmode(saved_model, ("ckpt_path", "saved_model_dir")),
     "saved_model_infer": Runmode(saved_model_infer, (
         "saved_model_dir", "input_image", "output_image_dir")),
+    "ensemble_infer": Runmode(ensemble_infer, (
+        "saved_model_dir", "input_image", "output_image_dir")),
     "infer": Runmode(infer, ("ckpt_path", "input_image", "output_image_dir")),
     "freeze": Runmode(freeze, ("ckpt_path", "output_dir")),
     "tflite": Runmode(tflite, ("ckpt_path", "output_dir")),
@@ -246,11 +290,15 @@ def build_parser() -> Parser:
                         "config.yaml in --model_dir. saved_model: export a "
                         "SavedModel to --saved_model_dir. saved_model_infer / "
                         "infer: detect objects in --input_image with a "
-                        "SavedModel / a checkpoint. freeze, tflite, onnx: "
+                        "SavedModel / a checkpoint (with --tta, --tile_size "
+                        "as asked). ensemble_infer: the same with several "
+                        "models merged (--saved_model_dir=a,b,c). freeze, "
+                        "tflite, onnx: "
                         "write those formats to --output_dir. "
                         "eval_saved_model: COCO metrics, plots and error "
                         "gallery of an export (SavedModel, .pb, .tflite, "
-                        ".onnx) on --validation_file_pattern. "
+                        ".onnx), a model_dir, or several merged, on "
+                        "--validation_file_pattern. "
                         "saved_model_benchmark / benchmark: end-to-end "
                         "latency. dry: build, one forward pass, parameters "
                         "and FLOPs (and, for levels other than the "
@@ -270,7 +318,9 @@ def build_parser() -> Parser:
                         "(written by saved_model, with <model_name>_frozen.pb "
                         "inside; read by saved_model_infer and "
                         "saved_model_benchmark, which also take that .pb; "
-                        "eval_saved_model also takes a .tflite or .onnx)")
+                        "eval_saved_model also takes a .tflite, .onnx or a "
+                        "training model_dir; ensemble_infer and "
+                        "eval_saved_model take several, comma-separated)")
     parser.add_argument("--output_dir", help="where freeze, tflite and onnx "
                         "write <model_name>_frozen.pb, <model_name>_<type>"
                         ".tflite and <model_name>.onnx; eval_saved_model its "
@@ -314,6 +364,7 @@ def build_parser() -> Parser:
                         "(default %(default)s)")
     parser.add_argument("--opset", type=positive_int, default=17,
                         help="ONNX opset (default %(default)s)")
+    add_fusion_flags(parser)
     parser.add_argument("--bm_runs", type=positive_int, default=50,
                         help="benchmark: timed runs (default %(default)s)")
     parser.add_argument("--warmup_runs", type=int, default=5,

@@ -75,7 +75,7 @@ def test_saved_model_and_tflite_score_what_the_checkpoint_scores(
 def test_a_missing_export_is_named(fixtures_dir, pseudo_labelled_records,
                                    tmp_path):
     _, config = small_model(fixtures_dir)
-    with pytest.raises(FileNotFoundError, match="no exported model at"):
+    with pytest.raises(FileNotFoundError, match="no model at"):
         evaluate_export(str(tmp_path / "nothing.tflite"),
                         pseudo_labelled_records, config)
 

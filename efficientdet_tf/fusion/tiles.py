@@ -1,0 +1,220 @@
+"""Sliced inference: an image much larger than the network's input, run in
+overlapping windows at its own resolution, the detections put back
+together.
+
+Resizing a 4000 px aerial photo to 512 px shrinks a 30 px car to 4 px,
+which no anchor matches. Windows of ``tile_size`` px (letterboxed by the
+model like any image) keep objects near the size they were trained at.
+
+Putting the detections together is the delicate part: an object on a
+window's inner edge is cut, and its box ends at the edge.
+
+* Each window is placed so that neighbours overlap by ``overlap`` of a
+  window; an object smaller than the overlap lies whole in some window.
+* A box within :data:`EDGE_MARGIN` of an inner edge (an edge inside the
+  image) is *cut*. A cut box mostly covered by an uncut box of its class
+  (:data:`COVERED`, intersection over the cut box's area) is the part of an
+  object seen whole elsewhere: dropped.
+* The cut boxes left belong to objects larger than the overlap, seen only in
+  pieces: pieces of one class from different windows that meet and
+  line up (their extents across the cut agree, 1-D IoU >= :data:`ALIGNED`)
+  are joined into their union box, with the highest score among them.
+* Duplicates of objects inside an overlap, seen whole by two windows, are
+  removed by NMS at the end; the optional whole-image pass joins as uncut
+  boxes (it sees large objects whole).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from efficientdet_tf.errors import EfficientDetError
+from efficientdet_tf.fusion.merge import Detections, nms
+
+EDGE_MARGIN = 0.015  # of a window's side (at least 2 px): "touches the edge"
+COVERED = 0.6  # a cut box this much inside an uncut one is part of it
+ALIGNED = 0.5  # pieces whose extents across the cut overlap this much join
+DUPLICATE_IOU = 0.5  # NMS threshold for whole objects seen twice
+# Hundreds of windows x up to 100 detections each: only the best this many
+# are put together (COCO counts 100 per image; the rest cannot rank).
+MAX_CANDIDATES = 2000
+
+
+class TileError(EfficientDetError, ValueError):
+    """Tile settings that cannot be used; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TileSpec:
+    """``--tile_size`` (square windows, in pixels of the image),
+    ``--tile_overlap`` (share of a window shared with its neighbour) and
+    ``--tile_full_image`` (also run the whole image, letterboxed)."""
+    size: int
+    overlap: float = 0.2
+    full_image: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise TileError(f"--tile_size must be at least 16 px, got {self.size}")
+        if not 0 <= self.overlap < 0.9:
+            raise TileError(f"--tile_overlap is a share of a tile in [0, 0.9), "
+                            f"got {self.overlap}")
+
+
+class Window(NamedTuple):
+    """A window's top-left corner and size in the image."""
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def positions(length: int, window: int, overlap: float) -> list[int]:
+    """Start offsets of windows covering ``length`` px: evenly spread, the
+    first at 0 and the last ending at the border, neighbours sharing at
+    least ``overlap`` of a window."""
+    if length <= window:
+        return [0]
+    stride = max(1.0, window * (1.0 - overlap))
+    count = int(np.ceil((length - window) / stride)) + 1
+    return sorted({int(round(v)) for v in np.linspace(0, length - window, count)})
+
+
+def windows(shape: Sequence[int], size: tuple[int, int],
+            overlap: float) -> list[Window]:
+    """The windows over an image of ``shape`` (``[h, w, ...]``), each at
+    most ``size`` and cut by the image border."""
+    height, width = shape[:2]
+    return [Window(top, left, min(size[0], height), min(size[1], width))
+            for top in positions(height, size[0], overlap)
+            for left in positions(width, size[1], overlap)]
+
+
+def crop(pixels: np.ndarray, window: Window, size: tuple[int, int],
+         fill: np.ndarray) -> np.ndarray:
+    """The window's pixels, padded to ``size`` with ``fill`` (the model's
+    mean colour, what its letterbox pads with) so every window is
+    letterboxed by the same factor."""
+    out = np.empty((*size, 3), np.uint8)
+    out[...] = fill
+    out[:window.height, :window.width] = pixels[
+        window.top:window.top + window.height,
+        window.left:window.left + window.width]
+    return out
+
+
+def fill_colour(mean_rgb: float | Sequence[float]) -> np.ndarray:
+    """The uint8 colour a letterbox pads with: the rounded mean."""
+    return np.broadcast_to(np.round(np.asarray(mean_rgb, np.float32)),
+                           (3,)).astype(np.uint8)
+
+
+def place(found: Detections, window: Window, shape: Sequence[int]
+          ) -> tuple[Detections, np.ndarray]:
+    """A window's detections in image pixels (clipped to the window's real
+    pixels, not its padding), and which of them are cut by an inner edge."""
+    top, left, height, width = window
+    boxes = np.clip(found.boxes, 0, [height, width, height, width])
+    boxes = boxes + np.array([top, left, top, left], np.float32)
+    margin = max(2.0, EDGE_MARGIN * max(height, width))
+    inner = np.array([top > 0, left > 0, top + height < shape[0],
+                      left + width < shape[1]])
+    edges = np.array([top, left, top + height, left + width], np.float32)
+    near = np.abs(boxes - edges) <= margin
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    cut = (near & inner).any(axis=1)
+    return (Detections(boxes[keep].astype(np.float32), found.scores[keep],
+                       found.classes[keep]), cut[keep])
+
+
+def join_tiles(pieces: Sequence[tuple[Detections, np.ndarray]],
+               whole: Detections | None = None) -> Detections:
+    """The windows' placed detections (with their cut flags) and the
+    whole-image pass (uncut) -> one set (module docstring)."""
+    parts = [found for found, _ in pieces] + ([whole] if whole else [])
+    if not parts:
+        return Detections.empty()
+    flags = [cut for _, cut in pieces] + (
+        [np.zeros(len(whole.scores), bool)] if whole else [])
+    window_ids = np.concatenate([np.full(len(p.scores), i)
+                                 for i, p in enumerate(parts)])
+    found, cut = Detections.concat(parts), np.concatenate(flags)
+    best = np.argsort(-found.scores, kind="stable")[:MAX_CANDIDATES]
+    found, cut, window_ids = found.take(best), cut[best], window_ids[best]
+    uncut = found.take(~cut)
+    kept_cut = _uncovered(found.take(cut), uncut)
+    joined = _join_pieces(found.take(cut).take(kept_cut),
+                          window_ids[cut][kept_cut])
+    return nms([Detections.concat([uncut, joined])],
+               iou_threshold=DUPLICATE_IOU)
+
+
+def _uncovered(cut: Detections, uncut: Detections) -> np.ndarray:
+    """Mask of the cut boxes no uncut box of their class covers."""
+    if not len(cut.scores) or not len(uncut.scores):
+        return np.ones(len(cut.scores), bool)
+    inter = _intersection(cut.boxes, uncut.boxes)
+    area = np.maximum(_area(cut.boxes), 1e-9)[:, None]
+    same = cut.classes[:, None] == uncut.classes[None, :]
+    return ~((inter / area >= COVERED) & same).any(axis=1)
+
+
+def _join_pieces(cut: Detections, window_ids: np.ndarray) -> Detections:
+    """Union boxes of the pieces of one object (module docstring)."""
+    count = len(cut.scores)
+    if count < 2:
+        return cut
+    boxes = cut.boxes
+    # Pieces from windows that only touch (no overlap) meet at the edge.
+    grown = boxes + np.array([-1, -1, 1, 1], np.float32)
+    inter = _intersection(grown, grown)
+    along_y = _interval_iou(boxes[:, 0], boxes[:, 2])
+    along_x = _interval_iou(boxes[:, 1], boxes[:, 3])
+    joined = ((inter > 0) & ((along_y >= ALIGNED) | (along_x >= ALIGNED))
+              & (cut.classes[:, None] == cut.classes[None, :])
+              & (window_ids[:, None] != window_ids[None, :]))
+    groups = _components(joined)
+    order = sorted(set(groups))
+    union = np.array([[boxes[groups == g, 0].min(), boxes[groups == g, 1].min(),
+                       boxes[groups == g, 2].max(), boxes[groups == g, 3].max()]
+                      for g in order], np.float32)
+    best = [np.flatnonzero(groups == g)[np.argmax(cut.scores[groups == g])]
+            for g in order]
+    return Detections(union, cut.scores[best], cut.classes[best])
+
+
+def _components(adjacent: np.ndarray) -> np.ndarray:
+    """Connected-component label of each node of a symmetric adjacency
+    matrix (pieces of an object at a corner of four windows chain)."""
+    labels = np.arange(len(adjacent))
+    changed = True
+    while changed:  # label propagation; a few rounds for a handful of pieces
+        spread = np.where(adjacent, labels[None, :], labels[:, None]).min(axis=1)
+        changed = bool((spread != labels).any())
+        labels = spread
+    return labels
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return (np.maximum(boxes[:, 2] - boxes[:, 0], 0)
+            * np.maximum(boxes[:, 3] - boxes[:, 1], 0))
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas ``[N, M]``."""
+    top = np.maximum(a[:, None, 0], b[None, :, 0])
+    left = np.maximum(a[:, None, 1], b[None, :, 1])
+    bottom = np.minimum(a[:, None, 2], b[None, :, 2])
+    right = np.minimum(a[:, None, 3], b[None, :, 3])
+    return np.maximum(bottom - top, 0) * np.maximum(right - left, 0)
+
+
+def _interval_iou(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Pairwise 1-D IoU of the intervals ``[low, high]``."""
+    inter = np.maximum(np.minimum(high[:, None], high[None, :])
+                       - np.maximum(low[:, None], low[None, :]), 0)
+    union = (high - low)[:, None] + (high - low)[None, :] - inter
+    return inter / np.maximum(union, 1e-9)
+
