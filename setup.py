@@ -63,6 +63,7 @@ setup(
             "efficientdet-voc-to-coco = efficientdet_tf.cli.voc_to_coco:main",
             "efficientdet-analyze-dataset = "
             "efficientdet_tf.cli.analyze_dataset:main",
+            "efficientdet-split-kfold = efficientdet_tf.cli.split_kfold:main",
         ],
     },
 )

@@ -8,6 +8,19 @@
   python main.py --mode=eval --model_dir=/tmp/d0 --hparams=/tmp/d0/config.yaml \\
       --validation_file_pattern='tfrecord/val-*.tfrecord' --eval_timeout=600
 
+K-fold cross-validation: --fold=k --num_folds=K splits the
+--training_file_pattern records into K folds stratified by class, trains on
+all folds but k and evaluates on fold k (no --validation_file_pattern); the
+split goes to model_dir/folds.json. It depends only on the records and
+--fold_seed (default 0), so every fold's run splits the same way
+(dataset/split_kfold.py --seed=S writes that split to files). One run a fold:
+
+  for k in 0 1 2 3 4; do
+    python main.py --mode=train --eval_after_train --fold=$k --num_folds=5 \\
+        --training_file_pattern='tfrecord/train-*.tfrecord' \\
+        --model_dir=/tmp/kfold/fold-$k --hparams='num_classes=3' --num_epochs=20
+  done
+
 Rerunning a killed training command resumes from the newest checkpoint in
 --model_dir (weights, EMA, optimizer state and step). The config is
 defaults -> --model_name preset -> --hparams -> explicit flags
@@ -20,10 +33,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from efficientdet_tf.cli.command import (Parser, UsageError, boolean,
                                          positive_int, run)
+
+if TYPE_CHECKING:
+    from efficientdet_tf.config import Config
+    from efficientdet_tf.datasets.kfold import Fold
 
 PROG = "main.py"
 MODES = ("train", "eval", "train_and_eval")  # runner.MODES, without importing TF
@@ -50,7 +67,9 @@ def build_parser() -> Parser:
          help="validation TFRecords; needed by eval, train_and_eval and "
          "--eval_after_train")
     flag("--val_json_file", help="COCO ground-truth JSON of the validation "
-         "records (default: ground truth read from the records)")
+         "records (default: ground truth read from the records); with --fold "
+         "that of the training records, of which only the held-out fold's "
+         "images are scored")
     flag("--model_name", default="efficientdet-d0",
          help="model preset: efficientdet-d0..d7x or efficientdet-lite0..4 "
          "(default %(default)s)")
@@ -111,19 +130,55 @@ def build_parser() -> Parser:
     flag("--log_every_steps", type=positive_int, default=10,
          help="without a terminal, print a progress line (and write "
          "TensorBoard scalars) every this many steps (default %(default)s)")
+    flag("--num_folds", type=positive_int,
+         help="K-fold cross-validation: split the --training_file_pattern "
+         "records into this many folds, stratified by class; goes with --fold")
+    flag("--fold", type=int,
+         help="the held-out fold, 0..num_folds-1: its records are the "
+         "validation data (so no --validation_file_pattern, in every mode) "
+         "and the other folds' the training data")
+    flag("--fold_seed", type=int,
+         help="seed of the split into folds (default 0); apart from --seed so "
+         "that every fold of a cross-validation, whatever its training seed, "
+         "splits the same way")
     return p
+
+
+def _check_fold_flags(flags: argparse.Namespace) -> None:
+    """--fold, --num_folds and --fold_seed go together and in range; the
+    held-out fold replaces --validation_file_pattern."""
+    if (flags.fold is None) != (flags.num_folds is None):
+        raise UsageError("--fold and --num_folds go together")
+    if flags.fold is None:
+        if flags.fold_seed is not None:
+            raise UsageError("--fold_seed goes with --fold and --num_folds")
+        return
+    if flags.num_folds < 2:
+        raise UsageError(f"--num_folds must be at least 2, got {flags.num_folds}")
+    if not 0 <= flags.fold < flags.num_folds:
+        raise UsageError(f"--fold must be 0..{flags.num_folds - 1} for "
+                         f"--num_folds={flags.num_folds}, got {flags.fold}")
+    if flags.validation_file_pattern:
+        raise UsageError("--validation_file_pattern does not go with --fold: "
+                         "the held-out fold of --training_file_pattern is the "
+                         "validation data")
 
 
 def _check_flags(flags: argparse.Namespace) -> None:
     """The flags each mode needs, which argparse cannot express."""
-    needed = {"train": ["training_file_pattern"],
-              "eval": ["validation_file_pattern"],
-              "train_and_eval": ["training_file_pattern", "validation_file_pattern"]}
+    _check_fold_flags(flags)
+    validation = "validation_file_pattern"
     asked = f"--mode={flags.mode}"
+    if flags.fold is not None:
+        validation = "training_file_pattern"
+        asked += " --fold"
+    needed = {"train": ["training_file_pattern"], "eval": [validation],
+              "train_and_eval": ["training_file_pattern", validation]}
     if flags.mode == "train" and flags.eval_after_train:
-        needed["train"].append("validation_file_pattern")
+        needed["train"].append(validation)
         asked += " --eval_after_train"
-    missing = [n for n in needed[flags.mode] if not getattr(flags, n)]
+    missing = [n for n in dict.fromkeys(needed[flags.mode])
+               if not getattr(flags, n)]
     if missing:
         raise UsageError(f"{asked} needs {', '.join('--' + n for n in missing)}")
     if flags.strategy == "tpu" and not flags.tpu:
@@ -141,11 +196,13 @@ def _run(flags: argparse.Namespace) -> None:
 
     config = runner.resolve_config(flags.model_name, flags.hparams,
                                    {"num_epochs": flags.num_epochs})
+    fold = _start_fold(flags, config) if flags.fold is not None else None
     eval_options = None
-    if flags.validation_file_pattern:
+    if flags.validation_file_pattern or fold:
         eval_options = runner.EvalOptions(
-            flags.validation_file_pattern, flags.val_json_file,
-            flags.eval_batch_size, flags.eval_samples, flags.eval_timeout)
+            flags.validation_file_pattern or flags.training_file_pattern,
+            flags.val_json_file, flags.eval_batch_size, flags.eval_samples,
+            flags.eval_timeout, fold)
     if flags.mode == "eval":
         runner.run_eval(config, flags.model_dir, eval_options)
         return
@@ -155,13 +212,29 @@ def _run(flags: argparse.Namespace) -> None:
         num_examples_per_epoch=flags.num_examples_per_epoch, ckpt=flags.ckpt,
         save_checkpoints_steps=flags.save_checkpoints_steps,
         keep_checkpoint_max=flags.keep_checkpoint_max, seed=flags.seed,
-        deterministic=flags.deterministic, log_every_steps=flags.log_every_steps)
+        deterministic=flags.deterministic, log_every_steps=flags.log_every_steps,
+        fold=fold)
     strategy = make_strategy(flags.strategy, flags.tpu)
     if flags.mode == "train":
         runner.run_train(config, options, strategy,
                          eval_options if flags.eval_after_train else None)
     else:
         runner.run_train_and_eval(config, options, eval_options, strategy)
+
+
+def _start_fold(flags: argparse.Namespace, config: Config) -> Fold:
+    """Splits the training records, records the split in model_dir (or
+    checks it against the one there) and says what each side holds."""
+    from efficientdet_tf.datasets import kfold
+    from efficientdet_tf.training import trainer_state
+
+    # A model_dir of another network is refused before folds.json goes in.
+    trainer_state.prepare_model_dir(flags.model_dir, config, write=False)
+    fold = kfold.held_out_fold(
+        flags.training_file_pattern, config, flags.fold, flags.num_folds,
+        0 if flags.fold_seed is None else flags.fold_seed)
+    print(fold.summary(kfold.record_fold(fold, flags.model_dir)), flush=True)
+    return fold
 
 
 def main(argv: Sequence[str] | None = None) -> int:

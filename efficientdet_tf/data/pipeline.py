@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import tensorflow as tf
 
@@ -63,13 +63,15 @@ SHUFFLE_BUFFER = 64
 # the core count) keeps a seeded, deterministic pipeline identical across
 # machines.
 MAX_CYCLE_LENGTH = 32
+# A predicate on one serialized record: True keeps it.
+RecordFilter = Callable[[tf.Tensor], tf.Tensor]
 
 
 def build_dataset(file_pattern: str | Sequence[str], config: Config, *,
                   training: bool, batch_size: int, seed: int | None = None,
                   deterministic: bool = False,
-                  input_context: tf.distribute.InputContext | None = None
-                  ) -> tf.data.Dataset:
+                  input_context: tf.distribute.InputContext | None = None,
+                  keep: RecordFilter | None = None) -> tf.data.Dataset:
     """Batches of ``(images, labels)`` (module docstring) from TFRecords.
 
     ``file_pattern``: a glob, several separated by commas, or a list of them;
@@ -95,6 +97,10 @@ def build_dataset(file_pattern: str | Sequence[str], config: Config, *,
     there are fewer files than pipelines) and ``batch_size`` is the *global*
     batch size, split per replica. Without it ``batch_size`` is the batch
     this dataset yields.
+
+    ``keep`` (a K-fold run's folds, :func:`~efficientdet_tf.datasets.kfold.
+    fold_filter`) drops the records it rejects as each file is read, so they
+    are neither shuffled, decoded nor counted in the batches.
     """
     if training and config.autoaugment_policy:
         # Here rather than in Dataset.map, which would wrap the ConfigError.
@@ -118,8 +124,8 @@ def build_dataset(file_pattern: str | Sequence[str], config: Config, *,
     def read(path: tf.Tensor) -> tf.data.Dataset:
         records = tf.data.TFRecordDataset(path)
         if shard_records:
-            return records.shard(num_pipelines, pipeline_id)
-        return records
+            records = records.shard(num_pipelines, pipeline_id)
+        return records if keep is None else records.filter(keep)
 
     if not shard_records:
         files = files[pipeline_id::num_pipelines]

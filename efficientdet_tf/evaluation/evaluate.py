@@ -42,7 +42,7 @@ from efficientdet_tf.evaluation.coco_metrics import (ImageIdResolver, ImageTruth
 from efficientdet_tf.evaluation.gallery import record_images
 from efficientdet_tf.evaluation.report import Report, write_report
 from efficientdet_tf.config import Config
-from efficientdet_tf.data.pipeline import build_dataset
+from efficientdet_tf.data.pipeline import RecordFilter, build_dataset
 from efficientdet_tf.modeling.detector import Detector
 from efficientdet_tf.ops.geometry import scale_geometry
 from efficientdet_tf.ops.postprocess import Detections
@@ -73,7 +73,8 @@ def evaluate(detector: Detector, file_pattern: str, *, val_json_file: str | None
              output_dir: str | None = None,
              summary_writer: tf.summary.SummaryWriter | None = None,
              step: int | None = None,
-             num_images_to_draw: int = 3) -> dict[str, float]:
+             num_images_to_draw: int = 3,
+             keep: RecordFilter | None = None) -> dict[str, float]:
     """COCO box metrics of ``detector`` (a model and its config) on the
     records matching ``file_pattern``.
 
@@ -81,7 +82,11 @@ def evaluate(detector: Detector, file_pattern: str, *, val_json_file: str | None
     Detector.detect_inputs`; a caller evaluating the same model repeatedly
     (a training loop, every epoch) passes the same detector and traces once.
     ``max_images`` (automl's ``eval_samples``) stops
-    after that many images; None reads every record once. Images whose
+    after that many images; None reads every record once. ``keep``
+    evaluates only the records it keeps (a K-fold run's held-out fold,
+    :meth:`~efficientdet_tf.datasets.kfold.Fold.keep`); a ``val_json_file``
+    may then be that of all the records, since only the images evaluated
+    are scored, as with ``max_images``. Images whose
     ``source_id`` was seen before are skipped with a warning (they would
     count twice).
 
@@ -112,7 +117,8 @@ def evaluate(detector: Detector, file_pattern: str, *, val_json_file: str | None
     check_id = (ImageIdResolver(ground_truth.dataset) if ground_truth
                 else None)
     dataset = build_dataset(file_pattern, config, training=False,
-                            batch_size=batch_size, deterministic=True)
+                            batch_size=batch_size, deterministic=True,
+                            keep=keep)
     start = time.perf_counter()
     detections, truths, drawings = _run(
         detector.detect_inputs, dataset, config, max_images,

@@ -22,6 +22,7 @@ from efficientdet_tf.utils import summaries
 from efficientdet_tf.utils.plotting import PlotsUnavailable
 from efficientdet_tf.config import Config, get_config
 from efficientdet_tf.datasets import record_check
+from efficientdet_tf.datasets.kfold import Fold
 from efficientdet_tf.modeling.detector import Detector
 from efficientdet_tf.modeling.model import build_model
 from efficientdet_tf.training.trainer import Trainer, TrainOptions
@@ -43,6 +44,7 @@ class EvalOptions:
     batch_size: int = 8
     samples: int | None = None  # automl's eval_samples; None: every record
     timeout: float | None = None  # eval mode: wait this long for new checkpoints
+    fold: Fold | None = None  # K-fold: evaluate this fold of file_pattern only
 
 
 def resolve_config(model_name: str, hparams: str | None,
@@ -81,11 +83,13 @@ class Evaluator:
         if (self._detector is None or self._detector.model is not model
                 or self._detector.config != config):
             self._detector = Detector(model, config)
+        fold = self.options.fold
         metrics = self._evaluate(
             self._detector, self.options.file_pattern,
             val_json_file=self.options.val_json_file,
             batch_size=self.options.batch_size, max_images=self.options.samples,
-            output_dir=self.output_dir, summary_writer=self.writer, step=step)
+            output_dir=self.output_dir, summary_writer=self.writer, step=step,
+            keep=fold.keep(held_out=True) if fold is not None else None)
         self._draw_curves(step)
         if self.best.offer(step, metrics, model):
             self.stream.write(f"best {trainer_state.BEST_METRIC} so far: "
@@ -121,11 +125,12 @@ def _evaluate_trainer(trainer: Trainer, evaluator: Evaluator) -> None:
 def _checked_records(config: Config, training_pattern: str | None,
                      evaluation: EvalOptions | None) -> dict[str, str]:
     """Scans the validation records before anything is built (the Trainer
-    scans the training ones), because class ids beyond ``num_classes``
-    would be scored silently and a damaged shard would fail only when
-    reached; returns the run's patterns by what they hold, for
+    scans the training ones, which a K-fold run also evaluates), because
+    class ids beyond ``num_classes`` would be scored silently and a damaged
+    shard would fail only when reached; returns the run's patterns by what
+    they hold, for
     :func:`~efficientdet_tf.datasets.record_check.naming_damaged_files`."""
-    if evaluation:
+    if evaluation and evaluation.file_pattern != training_pattern:
         record_check.check_records(evaluation.file_pattern, config,
                                    "validation data")
     patterns = {"training data": training_pattern,

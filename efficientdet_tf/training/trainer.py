@@ -56,6 +56,7 @@ from efficientdet_tf.training import trainer_state
 from efficientdet_tf.config import Config
 from efficientdet_tf.datasets import record_check
 from efficientdet_tf.datasets.doctor import training_verdict
+from efficientdet_tf.datasets.kfold import Fold
 from efficientdet_tf.data.pipeline import build_dataset, targets_from_labels
 from efficientdet_tf.training.ema import WeightAverage, averaged_variables
 from efficientdet_tf.ops.losses import detection_loss
@@ -93,6 +94,7 @@ class TrainOptions:
     seed: int | None = None
     deterministic: bool = False
     log_every_steps: int = 10
+    fold: Fold | None = None  # K-fold: train on the records of the other folds
 
 
 def check_training_files(file_pattern: str, config: Config) -> int:
@@ -143,11 +145,15 @@ class Trainer:
         self.stream = stream or sys.stdout
         self.chief = is_chief(self.strategy)
         examples = check_training_files(options.training_file_pattern, config)
+        counted = "the records counted"
+        if options.fold is not None:
+            examples = options.fold.training_records
+            counted = f"the records outside fold {options.fold.index} counted"
         if options.num_examples_per_epoch:
             examples = options.num_examples_per_epoch
         else:
-            self._say(f"{examples} training examples per epoch (the records "
-                      "counted; --num_examples_per_epoch sets another epoch)")
+            self._say(f"{examples} training examples per epoch ({counted}; "
+                      "--num_examples_per_epoch sets another epoch)")
         self._say(training_verdict(options.training_file_pattern, config))
         replicas = self.strategy.num_replicas_in_sync
         if options.train_batch_size < 1 or options.train_batch_size % replicas:
@@ -225,11 +231,14 @@ class Trainer:
             keras.utils.set_random_seed(self._seed)
 
     def _input(self, seed: int | None) -> Any:
+        fold = self.options.fold
+        keep = fold.keep(held_out=False) if fold is not None else None
         return iter(self.strategy.distribute_datasets_from_function(
             lambda context: build_dataset(
                 self.options.training_file_pattern, self.config, training=True,
                 batch_size=self.options.train_batch_size, seed=seed,
-                deterministic=self.options.deterministic, input_context=context)))
+                deterministic=self.options.deterministic, input_context=context,
+                keep=keep)))
 
     def _initialise(self) -> Any:
         """Resumes from model_dir's newest checkpoint, else loads

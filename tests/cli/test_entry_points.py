@@ -26,6 +26,7 @@ COMMANDS = {
     "efficientdet-voc-to-coco": ("voc_to_coco", "dataset/voc_to_coco.py"),
     "efficientdet-analyze-dataset": ("analyze_dataset",
                                      "dataset/analyze_dataset.py"),
+    "efficientdet-split-kfold": ("split_kfold", "dataset/split_kfold.py"),
 }
 
 

@@ -18,7 +18,8 @@ import tensorflow as tf
 import efficientdet_tf
 from efficientdet_tf.cli import (create_coco_tfrecord, create_pascal_tfrecord,
                                  inspect_tfrecord, make_demo_dataset,
-                                 model_inspect, train, voc_to_coco)
+                                 model_inspect, split_kfold, train,
+                                 voc_to_coco)
 from efficientdet_tf.config import ConfigError
 from efficientdet_tf.datasets.record_check import RecordError
 from efficientdet_tf.datasets.validation import ConversionError
@@ -62,6 +63,10 @@ CASES = {
         make_demo_dataset, ["--output_dir=o"],
         "efficientdet_tf.datasets.demo.make_demo_dataset",
         ConversionError(MESSAGE)),
+    "split_kfold": Case(
+        split_kfold, ["--input_file_pattern=x", "--num_folds=3",
+                      "--output_dir=o"],
+        "efficientdet_tf.datasets.kfold.scan_records", RecordError(MESSAGE)),
     "voc_to_coco": Case(
         voc_to_coco, ["--annotations_dir=a", "--output_json_path=o"],
         "efficientdet_tf.datasets.voc.write_voc_coco_json",
