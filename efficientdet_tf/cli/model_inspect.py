@@ -164,9 +164,9 @@ def infer(flags: argparse.Namespace) -> None:
     if fusion_options(flags).plain:
         _infer(flags, GraphDetector(serving))
         return
-    predict = images_predictor(serving.functions()[SERVING_DEFAULT], None)
+    run = images_predictor(serving.functions()[SERVING_DEFAULT], None)
     _infer(flags, _fused(flags, [LoadedModel(
-        flags.ckpt_path, predict, config, dict(config.label_map or {}))]))
+        flags.ckpt_path, run, config, dict(config.label_map or {}))]))
 
 
 def freeze(flags: argparse.Namespace) -> None:

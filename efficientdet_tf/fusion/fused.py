@@ -34,7 +34,7 @@ from efficientdet_tf.serving.predictors import LoadedModel
 VIEW_OVERLAP = 0.2
 
 
-class FusionError(EfficientDetError, ValueError):
+class FusionError(EfficientDetError):
     """Models or settings that cannot be fused; the message says why."""
 
 
@@ -118,8 +118,10 @@ def run_view(model: LoadedModel, pixels: np.ndarray, view: View,
         found = model.predict(image)  # the plain run: nothing to pad or cut
     else:
         fill = fill_colour(model.config.mean_rgb)
-        pieces = [place(model.predict(crop(image, spot, size, fill)), spot,
-                        image.shape) for spot in spots]
+        found_in = model.run(np.stack([crop(image, spot, size, fill)
+                                       for spot in spots]))
+        pieces = [place(found, spot, image.shape)
+                  for found, spot in zip(found_in, spots)]
         whole = None
         if tiles and tiles.full_image and len(spots) > 1:
             whole, _ = place(model.predict(image), Window(0, 0, *image.shape[:2]),

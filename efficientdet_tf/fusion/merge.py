@@ -31,7 +31,7 @@ import numpy as np
 from efficientdet_tf.errors import EfficientDetError
 
 
-class MergeError(EfficientDetError, ValueError):
+class MergeError(EfficientDetError):
     """Detections or settings the merge cannot use; the message says which."""
 
 

@@ -42,7 +42,7 @@ DUPLICATE_IOU = 0.5  # NMS threshold for whole objects seen twice
 MAX_CANDIDATES = 2000
 
 
-class TileError(EfficientDetError, ValueError):
+class TileError(EfficientDetError):
     """Tile settings that cannot be used; the message says why."""
 
 

@@ -31,7 +31,7 @@ from efficientdet_tf.fusion.merge import Detections
 MAX_SCALE = 4.0  # a 4x view already costs 16 windows per plain one
 
 
-class TtaError(EfficientDetError, ValueError):
+class TtaError(EfficientDetError):
     """A ``--tta`` value that cannot be used; the message says why."""
 
 

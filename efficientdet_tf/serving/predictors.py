@@ -26,36 +26,58 @@ from efficientdet_tf.utils.files import CONFIG_FILE
 
 # uint8 pixels [h, w, 3] -> their detections, boxes yxyx in those pixels.
 Predict = Callable[[np.ndarray], Detections]
+# uint8 images of one size [B, h, w, 3] -> each one's detections.
+PredictBatch = Callable[[np.ndarray], list[Detections]]
+
+# Images per call when a model takes any batch: tiles and views of one
+# image share a size, and small inputs run several times faster per image
+# in one call than one by one.
+MAX_BATCH = 16
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """A model ready to run, with what fusion needs to know about it."""
     path: str
-    predict: Predict
+    run: PredictBatch
     config: Config  # image_size and mean_rgb: how the model letterboxes
     label_map: dict[int, str]
 
+    def predict(self, pixels: np.ndarray) -> Detections:
+        """One image (a :data:`Predict`)."""
+        return self.run(pixels[None])[0]
 
-def first_image(outputs: dict[str, np.ndarray]) -> Detections:
-    """The first image's valid rows of the export contract's outputs."""
-    count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
-    return Detections(
-        np.asarray(outputs["detection_boxes"], np.float32)[0, :count],
-        np.asarray(outputs["detection_scores"], np.float32)[0, :count],
-        np.asarray(outputs["detection_classes"])[0, :count].astype(np.int32))
+
+def image_rows(outputs: dict[str, np.ndarray], count: int | None = None
+               ) -> list[Detections]:
+    """Each image's valid rows of the export contract's outputs (the first
+    ``count`` images; default all)."""
+    counts = np.asarray(outputs["num_detections"]).reshape(-1)[:count]
+    boxes = np.asarray(outputs["detection_boxes"], np.float32)
+    scores = np.asarray(outputs["detection_scores"], np.float32)
+    classes = np.asarray(outputs["detection_classes"]).astype(np.int32)
+    return [Detections(boxes[i, :n], scores[i, :n], classes[i, :n])
+            for i, n in enumerate(int(c) for c in counts)]
 
 
 def images_predictor(function: Callable[..., dict], batch_size: int | None
-                     ) -> Predict:
+                     ) -> PredictBatch:
     """A ``serving_default``-like function (uint8 ``[B, h, w, 3]`` -> the
-    export's outputs) as a :data:`Predict`; a fixed batch gets the image
-    repeated."""
-    def predict(pixels: np.ndarray) -> Detections:
-        batch = np.repeat(pixels[None], batch_size or 1, axis=0)
-        outputs = function(images=batch)
-        return first_image({k: np.asarray(v) for k, v in outputs.items()})
-    return predict
+    export's outputs) as a :data:`PredictBatch`: up to :data:`MAX_BATCH`
+    images per call, or a fixed batch filled up with the last image."""
+    def run(images: np.ndarray) -> list[Detections]:
+        found: list[Detections] = []
+        step = batch_size or MAX_BATCH
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            if batch_size:
+                chunk = np.concatenate([chunk, np.repeat(
+                    chunk[-1:], batch_size - len(chunk), axis=0)])
+            outputs = function(images=chunk)
+            found += image_rows({k: np.asarray(v) for k, v in outputs.items()},
+                                min(step, len(images) - start))
+        return found
+    return run
 
 
 def is_checkpoint(path: str) -> bool:
@@ -91,21 +113,20 @@ def open_model(path: str, fallback: Callable[[], Config]) -> LoadedModel:
     config = model_config(path, fallback)
     label_map = {int(k): str(v) for k, v in (config.label_map or {}).items()}
     if path.endswith(".tflite"):
-        predict = _tflite_predictor(path, config)
+        run = _tflite_predictor(path, config)
     elif path.endswith(".onnx"):
-        predict = _onnx_predictor(path)
+        run = _onnx_predictor(path)
     elif is_checkpoint(path):
-        predict = checkpoint_predictor(path, config)
+        run = checkpoint_predictor(path, config)
     else:
         from efficientdet_tf.serving.inference import open_export
         exported = open_export(path, config)
         label_map = exported.label_map or label_map
-        predict = images_predictor(exported.images_function(),
-                                   exported.batch_size)
-    return LoadedModel(path, predict, config, label_map)
+        run = images_predictor(exported.images_function(), exported.batch_size)
+    return LoadedModel(path, run, config, label_map)
 
 
-def checkpoint_predictor(path: str, config: Config) -> Predict:
+def checkpoint_predictor(path: str, config: Config) -> PredictBatch:
     """A checkpoint's serving function, in process (EMA weights when the
     checkpoint has them, as the export would use)."""
     from efficientdet_tf.modeling.checkpoint import load_weights
@@ -117,21 +138,26 @@ def checkpoint_predictor(path: str, config: Config) -> Predict:
     return images_predictor(serving.functions()[SERVING_DEFAULT], None)
 
 
-def _onnx_predictor(path: str) -> Predict:
+def _onnx_predictor(path: str) -> PredictBatch:
+    """The file's batch is dynamic unless exported with --batch_size."""
     from efficientdet_tf.serving.onnx_export import OnnxDetector
     detector = OnnxDetector(path)
-    return lambda pixels: first_image(detector.detect(pixels[None]))
+    fixed = detector.session.get_inputs()[0].shape[0]
+    return images_predictor(lambda images: detector.detect(images),
+                            fixed if isinstance(fixed, int) else None)
 
 
-def _tflite_predictor(path: str, config: Config) -> Predict:
+def _tflite_predictor(path: str, config: Config) -> PredictBatch:
     """Letterboxed here (the file's input is fixed), boxes scaled back."""
     from efficientdet_tf.serving.tflite_export import TFLiteDetector, letterbox
     detector = TFLiteDetector(path)
     batch, height, width, _ = detector.input_shape
+    size = (height, width)
 
-    def predict(pixels: np.ndarray) -> Detections:
-        boxed, to_original = letterbox(pixels, (height, width), config.mean_rgb)
-        found = first_image(detector.detect(np.repeat(boxed[None], batch,
-                                                      axis=0)))
-        return found._replace(boxes=found.boxes * np.float32(to_original))
-    return predict
+    def run(images: np.ndarray) -> list[Detections]:
+        boxed = [letterbox(pixels, size, config.mean_rgb) for pixels in images]
+        found = images_predictor(lambda images: detector.detect(images),
+                                 batch)(np.stack([b for b, _ in boxed]))
+        return [f._replace(boxes=f.boxes * np.float32(scale))
+                for f, (_, scale) in zip(found, boxed)]
+    return run

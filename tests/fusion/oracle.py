@@ -62,11 +62,11 @@ def oracle_model(path: str = "oracle", score: float = 0.9,
     config = get_config("efficientdet-d0", {"num_classes": 3,
                                              "image_size": 128})
 
-    def predict(pixels: np.ndarray) -> Detections:
+    def run(images: np.ndarray) -> list[Detections]:
         if calls is not None:
-            calls.append(pixels.shape)
-        return detect(pixels, score)
-    return LoadedModel(path, predict, config, {})
+            calls.extend(pixels.shape for pixels in images)
+        return [detect(pixels, score) for pixels in images]
+    return LoadedModel(path, run, config, {})
 
 
 def as_boxes(found: Detections) -> list[Box]:

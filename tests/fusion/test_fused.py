@@ -48,7 +48,7 @@ def test_weights_must_match_the_models():
 
 def test_models_of_different_classes_are_refused():
     other = oracle_model("other")
-    other = other.__class__(other.path, other.predict,
+    other = other.__class__(other.path, other.run,
                             other.config.override({"num_classes": 5}), {})
     with pytest.raises(FusionError, match="different classes"):
         FusedPredictor([oracle_model(), other])
