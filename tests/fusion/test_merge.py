@@ -84,6 +84,22 @@ def test_a_box_found_by_one_of_two_models_has_its_score_halved():
     assert_detections(found, [0, 0, 10, 10], [0.8 * 1 / 2], [1])
 
 
+def test_a_models_duplicate_box_counts_once_at_its_best_score():
+    # Model a gives the object twice (a soft-NMS duplicate at 0.3), model b
+    # once: (0.9 + 0.6) / 2 models; the paper's mean would give
+    # (0.9 + 0.3 + 0.6) / 3 * min(3, 2) / 2 = 0.6.
+    a = Detections(np.array([[0, 0, 10, 10], [0, 0, 10, 11]], np.float32),
+                   np.array([0.9, 0.3], np.float32), np.array([1, 1]))
+    b = Detections(np.array([[0, 0, 11, 10]], np.float32),
+                   np.array([0.6], np.float32), np.array([1]))
+    found = weighted_boxes_fusion([a, b])
+    assert len(found.scores) == 1
+    assert found.scores[0] == pytest.approx(0.75)
+    # Coordinates still weigh every box by its score.
+    np.testing.assert_allclose(found.boxes[0], [0, 0, (9 + 3 + 6.6) / 1.8,
+                                                (9 + 3.3 + 6) / 1.8], rtol=1e-6)
+
+
 def test_non_overlapping_boxes_stay_apart():
     # IoU of x [0, 10] and [6, 16]: 4 / 16 < 0.55
     found = weighted_boxes_fusion([part((0, 10, 0.9, 1)),
@@ -165,7 +181,9 @@ def test_the_order_of_parts_does_not_change_the_result():
 def paper_wbf(parts: list[Detections], weights: list[float],
               threshold: float) -> list[tuple]:
     """WBF read literally from the paper, slowly: lists of boxes, each fused
-    box recomputed from its whole cluster; (class, score, box) rows."""
+    box recomputed from its whole cluster; (class, score, box) rows. The
+    score counts each part's best box in the cluster (the paper's mean
+    times min(T, N) / N when a part gives one box per object)."""
     def iou(a, b):
         h = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
         w = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -174,26 +192,28 @@ def paper_wbf(parts: list[Detections], weights: list[float],
         return h * w / union if union > 0 else 0.0
     rows = []
     for cls in sorted({int(c) for p in parts for c in p.classes}):
-        boxes = sorted(((s * w, list(b)) for p, w in zip(parts, weights)
+        boxes = sorted(((s * w, list(b), m) for m, (p, w) in
+                        enumerate(zip(parts, weights))
                         for b, s, c in zip(p.boxes, p.scores, p.classes)
                         if c == cls), key=lambda r: -r[0])
         clusters, fused = [], []
-        for score, box in boxes:
+        for score, box, part in boxes:
             overlaps = [iou(box, f) for f in fused]
             if overlaps and max(overlaps) > threshold:
                 k = overlaps.index(max(overlaps))
-                clusters[k].append((score, box))
+                clusters[k].append((score, box, part))
             else:
                 k = len(clusters)
-                clusters.append([(score, box)])
+                clusters.append([(score, box, part)])
                 fused.append(None)
-            total = sum(s for s, _ in clusters[k])
-            fused[k] = [sum(s * b[i] for s, b in clusters[k]) / total
+            total = sum(s for s, _, _ in clusters[k])
+            fused[k] = [sum(s * b[i] for s, b, _ in clusters[k]) / total
                         for i in range(4)]
         for cluster, box in zip(clusters, fused):
-            mean = sum(s for s, _ in cluster) / len(cluster)
-            rows.append((cls, mean * min(len(cluster), len(weights))
-                         / sum(weights), box))
+            best = {}
+            for s, _, part in cluster:
+                best[part] = max(best.get(part, 0.0), s)
+            rows.append((cls, sum(best.values()) / sum(weights), box))
     return sorted(rows, key=lambda r: -r[1])
 
 
