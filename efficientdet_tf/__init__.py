@@ -33,6 +33,11 @@ _EXPORTS = {
     "export_saved_model": "serving.export", "freeze_graph": "serving.export",
     "export_tflite": "serving.tflite_export", "export_onnx": "serving.onnx_export",
     "SavedModelDetector": "serving.inference", "run_inference": "serving.inference",
+    "open_model": "serving.predictors",
+    "FusedPredictor": "fusion.fused", "FusionOptions": "fusion.fused",
+    "parse_tta": "fusion.views", "TileSpec": "fusion.tiles",
+    "weighted_boxes_fusion": "fusion.merge",
+    "assign_folds": "datasets.kfold",
 }
 
 __all__ = sorted(_EXPORTS)

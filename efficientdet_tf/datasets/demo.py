@@ -130,10 +130,16 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _shapes(rng: np.random.Generator, size: int, scene: Scene) -> list[Shape]:
-    scale = size / REFERENCE_SIZE
+def _shapes(rng: np.random.Generator, size: int, scene: Scene,
+            scale: float | None = None, count: int | None = None
+            ) -> list[Shape]:
+    """Random shapes on a ``size`` image: ``count`` of them (default 1 to
+    the scene's maximum), sized for ``size`` (or by ``scale`` relative to
+    ``REFERENCE_SIZE``)."""
+    scale = size / REFERENCE_SIZE if scale is None else scale
     shapes: list[Shape] = []
-    for _ in range(int(rng.integers(1, scene.max_objects + 1))):
+    wanted = int(rng.integers(1, scene.max_objects + 1)) if count is None else count
+    for _ in range(wanted):
         label = int(rng.integers(1, len(scene.kinds) + 1))
         kind = scene.kinds[label - 1]
         lo = max(4, round(kind.sides[0] * scale))
@@ -151,11 +157,13 @@ def _shapes(rng: np.random.Generator, size: int, scene: Scene) -> list[Shape]:
     return shapes
 
 
-def _draw(rng: np.random.Generator, size: int,
-          scene: Scene) -> tuple[bytes, list[Shape]]:
+def _draw(rng: np.random.Generator, size: int, scene: Scene,
+          scale: float | None = None, count: int | None = None
+          ) -> tuple[bytes, list[Shape]]:
+    """A JPEG of :func:`_shapes` on :func:`_background`, and the shapes."""
     image = Image.fromarray(_background(rng, size))
     draw = ImageDraw.Draw(image)
-    shapes = _shapes(rng, size, scene)
+    shapes = _shapes(rng, size, scene, scale, count)
     for shape in shapes:
         x0, y0, x1, y1 = shape.box
         corners = (x0, y0, x1 - 1, y1 - 1)  # PIL's boxes include the end pixel
@@ -170,6 +178,18 @@ def _draw(rng: np.random.Generator, size: int,
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue(), shapes
+
+
+def large_image(seed: int, size: int, num_objects: int,
+                object_image_size: int, scene: str = "shapes"
+                ) -> tuple[bytes, list[Shape]]:
+    """A ``size`` x ``size`` JPEG with ``num_objects`` shapes as large as in
+    a ``object_image_size`` dataset of ``scene``: e.g. 2048 px holding the
+    15-55 px objects of the 128 px demo, the case tiled inference is for
+    (resized to 128 px whole, they shrink to 1-3 px)."""
+    rng = np.random.default_rng([seed, size, num_objects])
+    return _draw(rng, size, SCENES[scene], object_image_size / REFERENCE_SIZE,
+                 num_objects)
 
 
 def _labelimg_xml(filename: str, size: int, shapes: list[Shape]) -> str:

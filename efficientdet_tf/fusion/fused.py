@@ -124,9 +124,9 @@ def run_view(model: LoadedModel, pixels: np.ndarray, view: View,
                   for found, spot in zip(found_in, spots)]
         whole = None
         if tiles and tiles.full_image and len(spots) > 1:
-            whole, _ = place(model.predict(image), Window(0, 0, *image.shape[:2]),
-                             image.shape)  # clipped to the image, as tiles are
-        found = (pieces[0][0] if len(pieces) == 1
+            whole = place(model.predict(image), Window(0, 0, *image.shape[:2]),
+                          image.shape).found  # clipped, as the tiles are
+        found = (pieces[0].found if len(pieces) == 1
                  else join_tiles(pieces, whole))
     return view.unmap(found, image.shape, pixels.shape)
 

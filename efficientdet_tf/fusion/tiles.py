@@ -16,9 +16,14 @@ window's inner edge is cut, and its box ends at the edge.
   (:data:`COVERED`, intersection over the cut box's area) is the part of an
   object seen whole elsewhere: dropped.
 * The cut boxes left belong to objects larger than the overlap, seen only in
-  pieces: pieces of one class from different windows that meet and
-  line up (their extents across the cut agree, 1-D IoU >= :data:`ALIGNED`)
-  are joined into their union box, with the highest score among them.
+  pieces. Two pieces of one class from different windows are one object
+  when they agree where their windows overlap: the parts of the two boxes
+  inside the shared region have IoU >= :data:`ALIGNED` (both are that
+  region's share of the object). Joined pieces (chains of them, for an
+  object across several windows) become their union box, with the highest
+  score among them. A piece of background junk that merely touches a real
+  object's piece does not agree with it in the shared region, so it is not
+  swallowed into a large false box.
 * Duplicates of objects inside an overlap, seen whole by two windows, are
   removed by NMS at the end; the optional whole-image pass joins as uncut
   boxes (it sees large objects whole).
@@ -35,7 +40,7 @@ from efficientdet_tf.fusion.merge import Detections, nms
 
 EDGE_MARGIN = 0.015  # of a window's side (at least 2 px): "touches the edge"
 COVERED = 0.6  # a cut box this much inside an uncut one is part of it
-ALIGNED = 0.5  # pieces whose extents across the cut overlap this much join
+ALIGNED = 0.5  # pieces agreeing this much (IoU) in their shared region join
 DUPLICATE_IOU = 0.5  # NMS threshold for whole objects seen twice
 # Hundreds of windows x up to 100 detections each: only the best this many
 # are put together (COCO counts 100 per image; the rest cannot rank).
@@ -111,42 +116,62 @@ def fill_colour(mean_rgb: float | Sequence[float]) -> np.ndarray:
                            (3,)).astype(np.uint8)
 
 
-def place(found: Detections, window: Window, shape: Sequence[int]
-          ) -> tuple[Detections, np.ndarray]:
+class Placed(NamedTuple):
+    """A window's detections in image pixels, which of them are cut by an
+    inner edge, and the window."""
+    found: Detections
+    cut: np.ndarray
+    window: Window
+
+
+def edge_margin(window: Window) -> float:
+    """How near an edge a box edge must be to count as cut by it."""
+    return max(2.0, EDGE_MARGIN * max(window.height, window.width))
+
+
+def place(found: Detections, window: Window, shape: Sequence[int]) -> Placed:
     """A window's detections in image pixels (clipped to the window's real
     pixels, not its padding), and which of them are cut by an inner edge."""
     top, left, height, width = window
     boxes = np.clip(found.boxes, 0, [height, width, height, width])
     boxes = boxes + np.array([top, left, top, left], np.float32)
-    margin = max(2.0, EDGE_MARGIN * max(height, width))
     inner = np.array([top > 0, left > 0, top + height < shape[0],
                       left + width < shape[1]])
     edges = np.array([top, left, top + height, left + width], np.float32)
-    near = np.abs(boxes - edges) <= margin
+    near = np.abs(boxes - edges) <= edge_margin(window)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     cut = (near & inner).any(axis=1)
-    return (Detections(boxes[keep].astype(np.float32), found.scores[keep],
-                       found.classes[keep]), cut[keep])
+    return Placed(Detections(boxes[keep].astype(np.float32),
+                             found.scores[keep], found.classes[keep]),
+                  cut[keep], window)
 
 
-def join_tiles(pieces: Sequence[tuple[Detections, np.ndarray]],
+def join_tiles(pieces: Sequence[Placed],
                whole: Detections | None = None) -> Detections:
-    """The windows' placed detections (with their cut flags) and the
-    whole-image pass (uncut) -> one set (module docstring)."""
-    parts = [found for found, _ in pieces] + ([whole] if whole else [])
+    """The windows' placed detections and the whole-image pass (uncut) ->
+    one set (module docstring)."""
+    parts = [p.found for p in pieces] + ([whole] if whole else [])
     if not parts:
         return Detections.empty()
-    flags = [cut for _, cut in pieces] + (
+    flags = [p.cut for p in pieces] + (
         [np.zeros(len(whole.scores), bool)] if whole else [])
+    # Each row's window as (top, left, bottom, right, margin).
+    frames = [[w.top, w.left, w.top + w.height, w.left + w.width,
+               edge_margin(w)] for w in (p.window for p in pieces)]
+    frame_rows = np.concatenate(
+        [np.tile(np.asarray(frame, np.float32), (len(p.found.scores), 1))
+         for frame, p in zip(frames, pieces)]
+        + ([np.zeros((len(whole.scores), 5), np.float32)] if whole else []))
     window_ids = np.concatenate([np.full(len(p.scores), i)
                                  for i, p in enumerate(parts)])
     found, cut = Detections.concat(parts), np.concatenate(flags)
     best = np.argsort(-found.scores, kind="stable")[:MAX_CANDIDATES]
-    found, cut, window_ids = found.take(best), cut[best], window_ids[best]
+    found, cut = found.take(best), cut[best]
+    window_ids, frame_rows = window_ids[best], frame_rows[best]
     uncut = found.take(~cut)
     kept_cut = _uncovered(found.take(cut), uncut)
     joined = _join_pieces(found.take(cut).take(kept_cut),
-                          window_ids[cut][kept_cut])
+                          window_ids[cut][kept_cut], frame_rows[cut][kept_cut])
     return nms([Detections.concat([uncut, joined])],
                iou_threshold=DUPLICATE_IOU)
 
@@ -161,21 +186,20 @@ def _uncovered(cut: Detections, uncut: Detections) -> np.ndarray:
     return ~((inter / area >= COVERED) & same).any(axis=1)
 
 
-def _join_pieces(cut: Detections, window_ids: np.ndarray) -> Detections:
-    """Union boxes of the pieces of one object (module docstring)."""
-    count = len(cut.scores)
-    if count < 2:
+def _join_pieces(cut: Detections, window_ids: np.ndarray,
+                 frames: np.ndarray) -> Detections:
+    """Union boxes of the pieces of one object (module docstring);
+    ``frames [n, 5]``: each piece's window and edge margin."""
+    if len(cut.scores) < 2:
         return cut
-    boxes = cut.boxes
-    # Pieces from windows that only touch (no overlap) meet at the edge.
-    grown = boxes + np.array([-1, -1, 1, 1], np.float32)
-    inter = _intersection(grown, grown)
-    along_y = _interval_iou(boxes[:, 0], boxes[:, 2])
-    along_x = _interval_iou(boxes[:, 1], boxes[:, 3])
-    joined = ((inter > 0) & ((along_y >= ALIGNED) | (along_x >= ALIGNED))
-              & (cut.classes[:, None] == cut.classes[None, :])
-              & (window_ids[:, None] != window_ids[None, :]))
+    joined = np.zeros((len(cut.scores),) * 2, bool)
+    for label in np.unique(cut.classes):
+        rows = np.flatnonzero(cut.classes == label)
+        agree = _agree_in_shared_region(cut.boxes[rows], frames[rows])
+        agree &= window_ids[rows][:, None] != window_ids[rows][None, :]
+        joined[np.ix_(rows, rows)] = agree
     groups = _components(joined)
+    boxes = cut.boxes
     order = sorted(set(groups))
     union = np.array([[boxes[groups == g, 0].min(), boxes[groups == g, 1].min(),
                        boxes[groups == g, 2].max(), boxes[groups == g, 3].max()]
@@ -183,6 +207,33 @@ def _join_pieces(cut: Detections, window_ids: np.ndarray) -> Detections:
     best = [np.flatnonzero(groups == g)[np.argmax(cut.scores[groups == g])]
             for g in order]
     return Detections(union, cut.scores[best], cut.classes[best])
+
+
+def _agree_in_shared_region(boxes: np.ndarray, frames: np.ndarray
+                            ) -> np.ndarray:
+    """``[n, n]``: whether the parts of boxes i and j inside the region
+    their windows share (grown by the edge margin, so that windows which
+    only touch share a strip) have IoU >= :data:`ALIGNED`."""
+    grow = np.maximum(frames[:, None, 4], frames[None, :, 4])
+    region = np.stack([
+        np.maximum(frames[:, None, 0], frames[None, :, 0]) - grow,
+        np.maximum(frames[:, None, 1], frames[None, :, 1]) - grow,
+        np.minimum(frames[:, None, 2], frames[None, :, 2]) + grow,
+        np.minimum(frames[:, None, 3], frames[None, :, 3]) + grow], axis=-1)
+    mine = _clip_to(np.broadcast_to(boxes[:, None], region.shape), region)
+    theirs = _clip_to(np.broadcast_to(boxes[None, :], region.shape), region)
+    inter = _area(_clip_to(mine, theirs))
+    union = _area(mine) + _area(theirs) - inter
+    return np.divide(inter, union, out=np.zeros_like(union),
+                     where=union > 0) >= ALIGNED
+
+
+def _clip_to(boxes: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``boxes`` intersected with ``region`` (elementwise, ``[..., 4]``);
+    an empty intersection has zero area."""
+    return np.concatenate([np.maximum(boxes[..., :2], region[..., :2]),
+                           np.minimum(boxes[..., 2:], region[..., 2:])],
+                          axis=-1)
 
 
 def _components(adjacent: np.ndarray) -> np.ndarray:
@@ -198,8 +249,8 @@ def _components(adjacent: np.ndarray) -> np.ndarray:
 
 
 def _area(boxes: np.ndarray) -> np.ndarray:
-    return (np.maximum(boxes[:, 2] - boxes[:, 0], 0)
-            * np.maximum(boxes[:, 3] - boxes[:, 1], 0))
+    return (np.maximum(boxes[..., 2] - boxes[..., 0], 0)
+            * np.maximum(boxes[..., 3] - boxes[..., 1], 0))
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -209,12 +260,3 @@ def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     bottom = np.minimum(a[:, None, 2], b[None, :, 2])
     right = np.minimum(a[:, None, 3], b[None, :, 3])
     return np.maximum(bottom - top, 0) * np.maximum(right - left, 0)
-
-
-def _interval_iou(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Pairwise 1-D IoU of the intervals ``[low, high]``."""
-    inter = np.maximum(np.minimum(high[:, None], high[None, :])
-                       - np.maximum(low[:, None], low[None, :]), 0)
-    union = (high - low)[:, None] + (high - low)[None, :] - inter
-    return inter / np.maximum(union, 1e-9)
-

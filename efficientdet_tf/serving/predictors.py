@@ -90,16 +90,21 @@ def is_checkpoint(path: str) -> bool:
 def model_config(path: str, fallback: Callable[[], Config]) -> Config:
     """The config a model was written with: an export's ``assets.extra/``
     (beside a ``.pb``, ``.tflite`` or ``.onnx`` file too), a ``model_dir``'s
-    ``config.yaml``, else ``fallback()`` (the command's --model_name and
-    --hparams)."""
+    ``config.yaml`` (for a checkpoint in ``<model_dir>/archive/``, the best
+    one, its ``model_dir``'s), else ``fallback()`` (the command's
+    --model_name and --hparams)."""
     folder = path if os.path.isdir(path) else os.path.dirname(
         os.path.abspath(path))
     if os.path.isdir(os.path.join(folder, METADATA_DIR)):
         return read_metadata(folder)[0]
-    saved = os.path.join(folder, CONFIG_FILE)
-    if os.path.isfile(saved):
-        with open(saved, encoding="utf-8") as f:
-            return Config(yaml.safe_load(f))
+    folders = [folder]
+    if is_checkpoint(path):
+        folders.append(os.path.dirname(os.path.abspath(folder)))
+    for candidate in folders:
+        saved = os.path.join(candidate, CONFIG_FILE)
+        if os.path.isfile(saved):
+            with open(saved, encoding="utf-8") as f:
+                return Config(yaml.safe_load(f))
     return fallback()
 
 

@@ -33,7 +33,7 @@ def test_place_offsets_clips_to_the_window_and_flags_inner_edges():
                        np.array([1, 1, 2], np.int32))
     # A window at (86, 0) of a 300 x 300 image: its top, bottom and right
     # edges are inside the image, its left edge is the image's.
-    placed, cut = place(found, Window(86, 0, 128, 128), (300, 300, 3))
+    placed, cut, _ = place(found, Window(86, 0, 128, 128), (300, 300, 3))
     np.testing.assert_array_equal(placed.boxes[0], [96, 100, 116, 128])
     assert cut.tolist() == [True, False, True]  # right edge, -, top edge
 
@@ -77,15 +77,36 @@ def test_an_image_smaller_than_a_tile_is_padded_not_enlarged():
     assert as_boxes(found) == [Box(10, 10, 30, 50, 2)]
 
 
+def one(box: list[float], score: float = 0.9) -> Detections:
+    return Detections(np.array([box], np.float32), np.array([score], np.float32),
+                      np.array([1], np.int32))
+
+
+def test_pieces_join_only_where_their_windows_overlap_and_agree():
+    # Windows A (rows 0-128) and C (rows 102-230) of a 300 x 300 image share
+    # rows 102-128. An object's two pieces agree there and join; a box in A
+    # ending at row 104 only touches C's piece: it is another object.
+    shape = (300, 300, 3)
+    a, c = Window(0, 0, 128, 128), Window(102, 0, 128, 128)
+    object_in_a = place(one([90, 10, 128, 40]), a, shape)
+    object_in_c = place(one([0, 10, 40, 40], 0.7), c, shape)  # rows 102-142
+    assert object_in_a.cut.all() and object_in_c.cut.all()
+    joined = join_tiles([object_in_a, object_in_c])
+    assert as_boxes(joined) == [Box(90, 10, 142, 40, 1)]
+    assert joined.scores.tolist() == [pytest.approx(0.9)]
+    touching = place(one([60, 90, 104, 128]), a, shape)  # cut by A's right edge
+    below = place(one([2, 90, 48, 127], 0.8), c, shape)  # rows 104-150
+    assert touching.cut.all() and below.cut.all()
+    assert len(join_tiles([touching, below]).scores) == 2
+
+
 def test_distinct_objects_side_by_side_are_not_joined():
     # Two objects of one class touching a window edge from either side.
-    pieces = [(Detections(np.array([[10, 100, 40, 128]], np.float32),
-                          np.array([0.9], np.float32), np.array([1], np.int32)),
-               np.array([True])),
-              (Detections(np.array([[60, 128, 90, 150]], np.float32),
-                          np.array([0.8], np.float32), np.array([1], np.int32)),
-               np.array([True]))]
-    assert len(join_tiles(pieces).scores) == 2
+    shape = (300, 300, 3)
+    left = place(one([10, 100, 40, 128]), Window(0, 0, 128, 128), shape)
+    right = place(one([60, 0, 90, 22], 0.8), Window(0, 128, 128, 128), shape)
+    assert left.cut.all() and right.cut.all()
+    assert len(join_tiles([left, right]).scores) == 2
 
 
 @pytest.mark.parametrize("size, overlap, message", [
