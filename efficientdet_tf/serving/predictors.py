@@ -20,9 +20,14 @@ import numpy as np
 import yaml
 
 from efficientdet_tf.config import Config
+from efficientdet_tf.errors import EfficientDetError
 from efficientdet_tf.fusion.merge import Detections
 from efficientdet_tf.serving.export import METADATA_DIR, read_metadata
 from efficientdet_tf.utils.files import CONFIG_FILE
+
+class ModelFileError(EfficientDetError):
+    """A model file that cannot be used as it is; the message says why."""
+
 
 # uint8 pixels [h, w, 3] -> their detections, boxes yxyx in those pixels.
 Predict = Callable[[np.ndarray], Detections]
@@ -87,7 +92,8 @@ def is_checkpoint(path: str) -> bool:
     return os.path.isfile(path + ".index")
 
 
-def model_config(path: str, fallback: Callable[[], Config]) -> Config:
+def model_config(path: str, fallback: Callable[[], Config] | None = None
+                 ) -> Config:
     """The config a model was written with: an export's ``assets.extra/``
     (beside a ``.pb``, ``.tflite`` or ``.onnx`` file too), a ``model_dir``'s
     ``config.yaml`` (for a checkpoint in ``<model_dir>/archive/``, the best
@@ -105,10 +111,16 @@ def model_config(path: str, fallback: Callable[[], Config]) -> Config:
         if os.path.isfile(saved):
             with open(saved, encoding="utf-8") as f:
                 return Config(yaml.safe_load(f))
+    if fallback is None:
+        raise ModelFileError(
+            f"{path} carries no config (no {METADATA_DIR}/ or {CONFIG_FILE} "
+            "beside it): give the one it was made with (--model_name and "
+            "--hparams, or open_model's fallback)")
     return fallback()
 
 
-def open_model(path: str, fallback: Callable[[], Config]) -> LoadedModel:
+def open_model(path: str, fallback: Callable[[], Config] | None = None
+               ) -> LoadedModel:
     """The model at ``path``, its kind told by the name: ``.tflite``,
     ``.onnx``, ``.pb``, a checkpoint (prefix or ``model_dir``), else a
     SavedModel directory. Its config: :func:`model_config`."""

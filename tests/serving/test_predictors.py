@@ -35,3 +35,12 @@ def test_a_best_checkpoint_in_archive_takes_its_model_dirs_config(
 def test_a_missing_model_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model at .*gone"):
         open_model(str(tmp_path / "gone"), no_fallback)
+
+
+def test_a_checkpoint_without_a_config_asks_for_one(fixtures_dir, tmp_path):
+    from efficientdet_tf.modeling.checkpoint import save_native
+    from efficientdet_tf.serving.predictors import ModelFileError
+    model, _ = small_model(fixtures_dir)
+    save_native(model, tmp_path / "bare")
+    with pytest.raises(ModelFileError, match="carries no config.*--hparams"):
+        open_model(str(tmp_path / "bare"))
