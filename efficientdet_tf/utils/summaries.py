@@ -52,14 +52,16 @@ def png_image(name: str, path: str, step: int) -> None:
 
 def read_scalars(directory: str) -> dict[str, dict[int, float]]:
     """The scalars that :func:`scalar` wrote into ``directory``'s event
-    files: ``{tag: {step: value}}``. Files are read oldest first, so a step
-    written again by a resumed run keeps its latest value; a file cut short
-    by a killed run is read up to the cut.
+    files: ``{tag: {step: value}}``. A step written again (by a resumed
+    run, in a newer file) keeps the value written last, by the events' own
+    wall times: file names order by the second they were opened in, and
+    two files of one second in no particular order. A file cut short by a
+    killed run is read up to the cut.
 
     Scalars are recognised by their value (a float tensor of rank 0), not by
     their metadata, which an event file holds only at a tag's first value.
     """
-    scalars: dict[str, dict[int, float]] = {}
+    written: dict[str, dict[int, tuple[float, float]]] = {}
     for path in sorted(tf.io.gfile.glob(os.path.join(directory,
                                                      "events.out.tfevents.*"))):
         try:
@@ -69,8 +71,13 @@ def read_scalars(directory: str) -> dict[str, dict[int, float]]:
                     tensor = value.tensor
                     if (tensor.dtype == types_pb2.DT_FLOAT
                             and not tensor.tensor_shape.dim):
-                        scalars.setdefault(value.tag, {})[int(event.step)] = (
-                            float(tf.make_ndarray(tensor)))
+                        steps = written.setdefault(value.tag, {})
+                        step = int(event.step)
+                        if step not in steps or steps[step][0] <= event.wall_time:
+                            steps[step] = (event.wall_time,
+                                           float(tf.make_ndarray(tensor)))
         except tf.errors.DataLossError:
             continue
+    scalars = {tag: {step: value for step, (_, value) in sorted(steps.items())}
+               for tag, steps in written.items()}
     return scalars

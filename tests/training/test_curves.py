@@ -22,8 +22,13 @@ def write_scalars(folder, values):
 
 def test_read_scalars_keeps_the_latest_value_of_a_step(tmp_path):
     write_scalars(tmp_path, [("loss/loss", 1, 3.0), ("loss/loss", 2, 2.0)])
-    # A resumed run writes a newer file, repeating step 2.
+    [older] = tmp_path.glob("events.out.tfevents.*")
+    # A resumed run writes a newer file, repeating step 2. Opened in the
+    # same second, the two names order by a random id: make the newer one
+    # sort first, as it did in a CI run.
     write_scalars(tmp_path, [("loss/loss", 2, 1.5), ("loss/loss", 3, 1.0)])
+    [newer] = set(tmp_path.glob("events.out.tfevents.*")) - {older}
+    newer.rename(tmp_path / "events.out.tfevents.0000000001.host.1.0.v2")
     assert summaries.read_scalars(str(tmp_path)) == {
         "loss/loss": {1: 3.0, 2: 1.5, 3: 1.0}}
 
