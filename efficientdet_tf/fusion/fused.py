@@ -53,6 +53,10 @@ class FusionOptions:
         if self.method not in METHODS:
             raise FusionError(f"--ensemble_method={self.method}: use one of "
                               f"{', '.join(METHODS)}")
+        if self.iou_threshold is not None and self.method == "soft_nms":
+            raise FusionError("--ensemble_iou does not apply to soft_nms, "
+                              "which decays overlapping scores by their IoU "
+                              "instead of a threshold")
 
     @property
     def plain(self) -> bool:

@@ -59,6 +59,17 @@ def test_an_unknown_method_is_named():
         FusionOptions(method="vote")
 
 
+def test_an_iou_threshold_goes_to_the_merge_that_has_one():
+    pixels = scene(100, 120, OBJECTS)
+    models = [oracle_model("a"), oracle_model("b")]
+    for method in ("wbf", "nms"):
+        found = FusedPredictor(models, FusionOptions(
+            method=method, iou_threshold=0.9))(pixels)
+        assert as_boxes(found) == sorted(OBJECTS)
+    with pytest.raises(FusionError, match="does not apply to soft_nms"):
+        FusionOptions(method="soft_nms", iou_threshold=0.5)
+
+
 def test_the_detector_pads_images_to_the_longest_list():
     with_two = scene(100, 120, OBJECTS)
     with_none = scene(80, 80, [])
