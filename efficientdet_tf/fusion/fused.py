@@ -27,7 +27,7 @@ from efficientdet_tf.fusion.tiles import (TileSpec, crop, fill_colour,
 from efficientdet_tf.fusion.views import TtaSpec, View
 from efficientdet_tf.serving.export import OUTPUT_KEYS
 from efficientdet_tf.serving.inference import DecodedImage
-from efficientdet_tf.serving.predictors import LoadedModel
+from efficientdet_tf.serving.predictors import MAX_BATCH, LoadedModel
 
 # Overlap of the windows a view larger than the plain run is cut into when
 # no --tile_overlap applies (TTA scales above 1 without tiling).
@@ -122,8 +122,11 @@ def run_view(model: LoadedModel, pixels: np.ndarray, view: View,
         found = model.predict(image)  # the plain run: nothing to pad or cut
     else:
         fill = fill_colour(model.config.mean_rgb)
-        found_in = model.run(np.stack([crop(image, spot, size, fill)
-                                       for spot in spots]))
+        found_in: list[Detections] = []
+        for start in range(0, len(spots), MAX_BATCH):  # bounded memory
+            found_in += model.run(np.stack([
+                crop(image, spot, size, fill)
+                for spot in spots[start:start + MAX_BATCH]]))
         pieces = [place(found, spot, image.shape)
                   for found, spot in zip(found_in, spots)]
         whole = None
