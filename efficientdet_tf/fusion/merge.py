@@ -66,20 +66,33 @@ class Detections(NamedTuple):
         return Detections(*(np.concatenate(column) for column in zip(*parts)))
 
 
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """Areas of yxyx boxes ``[..., 4]``; an inverted box has area 0."""
+    return (np.maximum(boxes[..., 2] - boxes[..., 0], 0)
+            * np.maximum(boxes[..., 3] - boxes[..., 1], 0))
+
+
+def pairwise_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection areas ``[N, M]`` of boxes ``a [N, 4]`` and ``b [M, 4]``."""
+    a = np.asarray(a).reshape(-1, 1, 4)
+    b = np.asarray(b).reshape(1, -1, 4)
+    height = np.maximum(np.minimum(a[..., 2], b[..., 2])
+                        - np.maximum(a[..., 0], b[..., 0]), 0)
+    width = np.maximum(np.minimum(a[..., 3], b[..., 3])
+                       - np.maximum(a[..., 1], b[..., 1]), 0)
+    return height * width
+
+
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU ``[N, M]`` of boxes ``a [N, 4]`` and ``b [M, 4]`` (yxyx).
 
     A pair whose union is empty (two zero-area boxes) has IoU 0, computed
     without a division by zero.
     """
-    a = np.asarray(a, np.float64).reshape(-1, 1, 4)
-    b = np.asarray(b, np.float64).reshape(1, -1, 4)
-    height = np.maximum(np.minimum(a[..., 2], b[..., 2])
-                        - np.maximum(a[..., 0], b[..., 0]), 0)
-    width = np.maximum(np.minimum(a[..., 3], b[..., 3])
-                       - np.maximum(a[..., 1], b[..., 1]), 0)
-    intersection = height * width
-    union = _area(a) + _area(b) - intersection
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    intersection = pairwise_intersection(a, b)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - intersection
     return np.divide(intersection, union, out=np.zeros_like(union),
                      where=union > 0)
 
@@ -87,11 +100,6 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU ``[M]`` of one box ``[4]`` with each of ``boxes [M, 4]``."""
     return pairwise_iou(np.asarray(box).reshape(1, 4), boxes)[0]
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return (np.maximum(boxes[..., 2] - boxes[..., 0], 0)
-            * np.maximum(boxes[..., 3] - boxes[..., 1], 0))
 
 
 def weighted_boxes_fusion(parts: Sequence[Detections],

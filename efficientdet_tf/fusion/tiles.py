@@ -36,7 +36,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from efficientdet_tf.errors import EfficientDetError
-from efficientdet_tf.fusion.merge import Detections, nms
+from efficientdet_tf.fusion.merge import (Detections, box_area, nms,
+                                          pairwise_intersection)
 
 EDGE_MARGIN = 0.015  # of a window's side (at least 2 px): "touches the edge"
 COVERED = 0.6  # a cut box this much inside an uncut one is part of it
@@ -180,8 +181,8 @@ def _uncovered(cut: Detections, uncut: Detections) -> np.ndarray:
     """Mask of the cut boxes no uncut box of their class covers."""
     if not len(cut.scores) or not len(uncut.scores):
         return np.ones(len(cut.scores), bool)
-    inter = _intersection(cut.boxes, uncut.boxes)
-    area = np.maximum(_area(cut.boxes), 1e-9)[:, None]
+    inter = pairwise_intersection(cut.boxes, uncut.boxes)
+    area = np.maximum(box_area(cut.boxes), 1e-9)[:, None]
     same = cut.classes[:, None] == uncut.classes[None, :]
     return ~((inter / area >= COVERED) & same).any(axis=1)
 
@@ -222,8 +223,8 @@ def _agree_in_shared_region(boxes: np.ndarray, frames: np.ndarray
         np.minimum(frames[:, None, 3], frames[None, :, 3]) + grow], axis=-1)
     mine = _clip_to(np.broadcast_to(boxes[:, None], region.shape), region)
     theirs = _clip_to(np.broadcast_to(boxes[None, :], region.shape), region)
-    inter = _area(_clip_to(mine, theirs))
-    union = _area(mine) + _area(theirs) - inter
+    inter = box_area(_clip_to(mine, theirs))
+    union = box_area(mine) + box_area(theirs) - inter
     return np.divide(inter, union, out=np.zeros_like(union),
                      where=union > 0) >= ALIGNED
 
@@ -246,17 +247,3 @@ def _components(adjacent: np.ndarray) -> np.ndarray:
         changed = bool((spread != labels).any())
         labels = spread
     return labels
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return (np.maximum(boxes[..., 2] - boxes[..., 0], 0)
-            * np.maximum(boxes[..., 3] - boxes[..., 1], 0))
-
-
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise intersection areas ``[N, M]``."""
-    top = np.maximum(a[:, None, 0], b[None, :, 0])
-    left = np.maximum(a[:, None, 1], b[None, :, 1])
-    bottom = np.minimum(a[:, None, 2], b[None, :, 2])
-    right = np.minimum(a[:, None, 3], b[None, :, 3])
-    return np.maximum(bottom - top, 0) * np.maximum(right - left, 0)
